@@ -1,0 +1,33 @@
+"""Safe-RL objectives: PPO-Lagrangian loss, Lagrange/PID multipliers, the CPO step."""
+
+from cmo_rl.objectives.cpo import (
+    CPOStep,
+    CPOUpdate,
+    conjugate_gradient,
+    cpo_step_direction,
+    fisher_vector_product,
+    make_fisher_vector_product,
+)
+from cmo_rl.objectives.lagrangian import (
+    LagrangianPPOLoss,
+    lagrangian_advantage,
+    make_value_estimators,
+    normalize_advantages,
+)
+from cmo_rl.objectives.multipliers import LagrangeMultiplier, PIDLagrangian, pid_lagrangian_step
+
+__all__ = [
+    "CPOStep",
+    "CPOUpdate",
+    "LagrangeMultiplier",
+    "LagrangianPPOLoss",
+    "PIDLagrangian",
+    "conjugate_gradient",
+    "cpo_step_direction",
+    "fisher_vector_product",
+    "lagrangian_advantage",
+    "make_fisher_vector_product",
+    "make_value_estimators",
+    "normalize_advantages",
+    "pid_lagrangian_step",
+]
