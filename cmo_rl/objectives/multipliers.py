@@ -151,9 +151,12 @@ class LagrangeMultiplier(_Multiplier):
         self._optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
 
     def _apply(self, fn: Any, recurse: bool = True) -> LagrangeMultiplier:
+        state = copy.deepcopy(self._optimizer.state_dict())
         super()._apply(fn, recurse)
-        # move the optimizer state with the parameter (load_state_dict casts to its device)
-        self._optimizer.load_state_dict(copy.deepcopy(self._optimizer.state_dict()))
+        # the parameter may have been replaced: re-point the optimizer, then reload its state,
+        # which casts it to the parameter's device and dtype
+        self._optimizer.param_groups[0]["params"] = [self.multiplier]
+        self._optimizer.load_state_dict(state)
         return self
 
 

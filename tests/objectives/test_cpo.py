@@ -305,3 +305,13 @@ def test_cpo_update_validates_inputs():
     assert cpo.step(renamed, episode_cost=jc)["acceptance_step"].item() >= 0
     with pytest.raises(ValueError, match="not a CPOUpdate key"):
         cpo.set_keys(costs="x")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpo_update_on_cuda():
+    actor, batch, jc = _batch()
+    actor, batch = actor.to("cuda"), batch.to("cuda")
+    info = CPOUpdate(actor, cost_limit=jc + 100.0).step(batch, episode_cost=jc)
+    assert info["acceptance_step"].item() >= 1
+    assert all(p.is_cuda for p in actor.parameters())

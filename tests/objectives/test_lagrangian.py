@@ -358,3 +358,15 @@ def test_end_to_end_on_mock_env_decreases_loss():
         optim.step()
     assert total.item() < first
     assert 0.0 < out["kl_approx"].abs().item() < 1.0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_loss_on_cuda_with_a_cpu_multiplier_module():
+    lam = LagrangeMultiplier(cost_limit=1.0, init=0.5)  # stays on CPU
+    loss, batch = _random_batch_loss(multiplier=lam)
+    loss, batch = loss.to("cuda"), batch.to("cuda")
+    out = loss(batch)
+    assert out["loss_objective"].is_cuda
+    (out["loss_objective"] + out["loss_critic"] + out["loss_cost_critic"]).backward()
+    assert all(p.grad is not None and p.grad.is_cuda for p in loss.actor_network.parameters())

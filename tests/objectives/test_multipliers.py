@@ -74,6 +74,37 @@ def test_lagrange_state_dict_round_trip_resumes_adam_exactly():
     assert _values(fresh, [30.0, 31.0, 20.0, 40.0])[2:] == a
 
 
+def test_lagrange_moves_with_its_optimizer_state():
+    lam = LagrangeMultiplier(cost_limit=25.0)
+    _values(lam, [30.0, 30.0])
+    lam = lam.double()
+    assert lam.value.dtype == torch.float64
+    assert _values(lam, [20.0]) == pytest.approx([0.0801697], abs=1e-6)  # as in the Adam test
+    for state in lam._optimizer.state.values():
+        assert state["exp_avg"].dtype == torch.float64
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_multipliers_on_cuda():
+    lam = LagrangeMultiplier(cost_limit=25.0)
+    _values(lam, [30.0])
+    lam = lam.to("cuda")
+    assert _values(lam, [30.0, 20.0]) == pytest.approx([0.071, 0.0801697], abs=1e-6)
+    pid = PIDLagrangian(
+        cost_limit=10.0,
+        kp=0.1,
+        ki=0.01,
+        kd=0.01,
+        d_delay=2,
+        pid_delta_p_ema_alpha=0.9,
+        pid_delta_d_ema_alpha=0.5,
+        device="cuda",
+    )
+    assert _values(pid, [20.0, torch.tensor(30.0)]) == pytest.approx([0.301, 0.791], abs=1e-6)
+    assert pid(TensorDict(batch_size=[2], device="cuda"))["lagrange_multiplier"].is_cuda
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
