@@ -1,0 +1,70 @@
+"""Meta-learned update rules for constrained policy optimisation, trained by bilevel optimisation.
+
+``PIDMetaOptimizer`` / ``LSTMMetaOptimizer`` map (policy gradients of return and cost, the
+violation, their state) to the next policy parameters and Lagrange multiplier;
+``bilevel_objective`` unrolls one on a task and scores the final policy; ``MetaTrainer`` runs
+the outer loop; ``meta_test`` evaluates a frozen meta-optimizer. See docs/meta.md.
+"""
+
+from cmo_rl.meta.bilevel import (
+    BilevelResult,
+    InnerProblem,
+    InnerRound,
+    UnrollResult,
+    bilevel_objective,
+    default_violation_scale,
+    inner_step,
+    meta_objective,
+    unroll,
+    violation,
+)
+from cmo_rl.meta.functional import (
+    MetaOptimizer,
+    detach_params,
+    flatten_params,
+    grad_of,
+    params_of,
+    surrogate_estimates,
+    unflatten_params,
+    values_and_grads,
+)
+from cmo_rl.meta.lstm import LSTMMetaOptimizer
+from cmo_rl.meta.pid import PIDMetaOptimizer
+from cmo_rl.meta.problems import ContextualBanditCMDP, RolloutCMDP
+from cmo_rl.meta.trainer import (
+    MetaTrainer,
+    RolloutTaskSampler,
+    make_meta_optimizer,
+    meta_test,
+    run_frozen,
+)
+
+__all__ = [
+    "BilevelResult",
+    "ContextualBanditCMDP",
+    "InnerProblem",
+    "InnerRound",
+    "LSTMMetaOptimizer",
+    "MetaOptimizer",
+    "MetaTrainer",
+    "PIDMetaOptimizer",
+    "RolloutCMDP",
+    "RolloutTaskSampler",
+    "UnrollResult",
+    "bilevel_objective",
+    "default_violation_scale",
+    "detach_params",
+    "flatten_params",
+    "grad_of",
+    "inner_step",
+    "make_meta_optimizer",
+    "meta_objective",
+    "meta_test",
+    "params_of",
+    "run_frozen",
+    "surrogate_estimates",
+    "unflatten_params",
+    "unroll",
+    "values_and_grads",
+    "violation",
+]

@@ -1,0 +1,270 @@
+"""The bilevel problem: unroll a meta-optimizer on one task, score the final policy.
+
+Read top to bottom: what a problem provides (:class:`InnerRound`, :class:`InnerProblem`), the
+violation and the meta-objective, one inner step, the truncated unroll, the bilevel objective.
+
+Inner loop (one task), for ``k = 0 .. K-1``:
+
+.. math::
+
+    \\text{data}_k &\\sim \\pi_{\\mathrm{stopgrad}(\\theta_k)} \\\\
+    \\hat J_R(\\theta), \\hat J_C(\\theta) &: \\text{differentiable estimates on data}_k
+        \\text{ (value at } \\theta_k \\text{ = measured return / cost)} \\\\
+    g_R = \\nabla_\\theta \\hat J_R(\\theta_k),&\\quad g_C = \\nabla_\\theta \\hat J_C(\\theta_k)
+        \\quad (\\texttt{create\\_graph=True}) \\\\
+    e_k &= (\\hat J_C(\\theta_k) - d) / s \\\\
+    (\\theta_{k+1}, \\lambda_{k+1}, s_{k+1}) &= \\mathrm{MetaOpt}_\\phi(\\theta_k, g_R, g_C,
+        \\lambda_k, e_k, s_k)
+
+Meta-objective on the final policy, with a fresh batch collected by :math:`\\theta_K`:
+
+.. math::
+
+    M(\\phi) = \\hat J_R(\\theta_K) - \\mu \\max(0, \\hat J_C(\\theta_K) - d)
+
+Truncation: only the last ``unroll_steps`` updates are differentiated. At the start of that
+window ``theta``, ``lambda`` and the meta-state are detached (earlier steps run under
+``torch.no_grad`` with first-order gradients only), so memory grows with ``unroll_steps``, not
+``K``. Dependencies kept: through every update in the window, through the gradients'
+dependence on ``theta`` (second-order terms of the surrogates), and through the violation
+``e_k`` (the surrogate's value at ``theta_k`` is data but its gradient is the cost policy
+gradient). Dropped: the dependence of the *sampled data* on ``theta`` (the batch is collected
+under ``stopgrad(theta_k)``), and anything fitted on the side (critics).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor
+
+from cmo_rl.meta.functional import MetaOptimizer, detach_params, require_grad, values_and_grads
+
+__all__ = [
+    "BilevelResult",
+    "InnerProblem",
+    "InnerRound",
+    "UnrollResult",
+    "bilevel_objective",
+    "default_violation_scale",
+    "inner_step",
+    "meta_objective",
+    "unroll",
+    "violation",
+]
+
+Estimates = Callable[[TensorDictBase], tuple[Tensor, Tensor]]
+
+
+@dataclass
+class InnerRound:
+    """One round of data from a problem.
+
+    Attributes:
+        estimates: ``theta -> (J_R, J_C)``, differentiable scalar estimates of the episode return
+            and cost on this round's data; at the sampling parameters their value is the
+            measured return / cost.
+        metrics: measured diagnostics of the round (floats), e.g. ``"return"``, ``"cost"``,
+            ``"time/collect"``.
+    """
+
+    estimates: Estimates
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class InnerProblem(Protocol):
+    """A task the meta-optimizer trains a fresh policy on."""
+
+    def init_params(self) -> TensorDictBase:
+        """Fresh policy parameters ``theta_0`` (detached)."""
+        ...
+
+    def sample_round(self, params: TensorDictBase) -> InnerRound:
+        """Collect data with the (detached) ``params`` and return its estimates."""
+        ...
+
+
+def default_violation_scale(cost_limit: float) -> float:
+    """``s`` in ``e = (J_C - d) / s``: the cost limit when positive (a relative violation), else 1.
+
+    >>> default_violation_scale(25.0), default_violation_scale(0.0)
+    (25.0, 1.0)
+    """
+    return float(cost_limit) if cost_limit > 0 else 1.0
+
+
+def violation(cost: Tensor, cost_limit: float, scale: float) -> Tensor:
+    """``e = (J_C - d) / s`` (differentiable in ``cost``).
+
+    >>> violation(torch.tensor(30.0), 25.0, 25.0)
+    tensor(0.2000)
+    """
+    if scale <= 0:
+        raise ValueError(f"violation scale must be > 0, got {scale}")
+    return (cost - cost_limit) / scale
+
+
+def meta_objective(ret: Tensor, cost: Tensor, *, cost_limit: float, mu: float) -> Tensor:
+    """``M = J_R - mu * max(0, J_C - d)`` (to be maximised).
+
+    >>> meta_objective(torch.tensor(10.0), torch.tensor(30.0), cost_limit=25.0, mu=2.0)
+    tensor(0.)
+    >>> meta_objective(torch.tensor(10.0), torch.tensor(20.0), cost_limit=25.0, mu=2.0)
+    tensor(10.)
+    """
+    return ret - mu * (cost - cost_limit).clamp_min(0.0)
+
+
+def _sync(params: TensorDictBase) -> None:
+    device = params.device
+    if device is None:
+        leaf = next(iter(params.values(True, True)))
+        device = leaf.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def inner_step(
+    meta_opt: MetaOptimizer,
+    estimates: Estimates,
+    params: TensorDictBase,
+    lagrange_multiplier: Tensor,
+    state: TensorDictBase,
+    *,
+    cost_limit: float,
+    violation_scale: float,
+    differentiable: bool,
+) -> tuple[TensorDictBase, Tensor, TensorDictBase, dict[str, float]]:
+    """One meta-optimizer update on one round's estimates.
+
+    With ``differentiable=True`` the gradients are taken with ``create_graph=True`` and the
+    update is recorded for the meta-backward; otherwise only first-order gradients are taken
+    and the update runs under ``torch.no_grad``.
+
+    Returns ``(theta_{k+1}, lambda_{k+1}, s_{k+1}, record)`` with ``record`` holding floats:
+    ``return_estimate``, ``cost_estimate``, ``violation``, ``lambda`` (the new multiplier).
+    """
+    params = require_grad(params)
+    (j_r, j_c), (g_r, g_c) = values_and_grads(estimates, params, create_graph=differentiable)
+    e = violation(j_c, cost_limit, violation_scale)
+    if differentiable:
+        new = meta_opt.step(params, g_r, g_c, lagrange_multiplier, e, state)
+    else:
+        with torch.no_grad():
+            new = meta_opt.step(
+                detach_params(params), g_r, g_c, lagrange_multiplier.detach(), e.detach(), state
+            )
+    new_params, new_lam, new_state = new
+    record = {
+        "return_estimate": float(j_r.detach()),
+        "cost_estimate": float(j_c.detach()),
+        "violation": float(e.detach()),
+        "lambda": float(new_lam.detach()),
+    }
+    return new_params, new_lam, new_state, record
+
+
+@dataclass
+class UnrollResult:
+    """End of an unroll: ``theta_K``, ``lambda_K``, ``s_K`` and one record per round (floats:
+    the problem's measured metrics, the estimates, violation, new lambda, timings)."""
+
+    params: TensorDictBase
+    lagrange_multiplier: Tensor
+    state: TensorDictBase
+    rounds: list[dict[str, float]]
+
+
+def unroll(
+    meta_opt: MetaOptimizer,
+    problem: InnerProblem,
+    *,
+    inner_steps: int,
+    unroll_steps: int,
+    cost_limit: float,
+    violation_scale: float | None = None,
+    differentiable: bool = True,
+) -> UnrollResult:
+    """Train a fresh policy on ``problem`` for ``inner_steps`` rounds with ``meta_opt``.
+
+    The last ``unroll_steps`` updates are differentiable (window start: ``theta``, ``lambda``,
+    state detached); with ``differentiable=False`` none are (meta-testing a frozen optimizer).
+    """
+    if inner_steps < 1:
+        raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
+    if differentiable and unroll_steps < 1:
+        raise ValueError(f"unroll_steps must be >= 1 to get a meta-gradient, got {unroll_steps}")
+    scale = default_violation_scale(cost_limit) if violation_scale is None else violation_scale
+    params = detach_params(problem.init_params())
+    lam = meta_opt.init_multiplier(params)
+    state = meta_opt.init_state(params)
+    window_start = max(0, inner_steps - unroll_steps) if differentiable else inner_steps
+    rounds = []
+    for k in range(inner_steps):
+        if k == window_start:  # truncation: the meta-gradient starts here
+            params, lam, state = detach_params(params), lam.detach(), state.detach()
+        _sync(params)
+        t0 = time.perf_counter()
+        rnd = problem.sample_round(detach_params(params))
+        _sync(params)
+        t1 = time.perf_counter()
+        params, lam, state, record = inner_step(
+            meta_opt,
+            rnd.estimates,
+            params,
+            lam,
+            state,
+            cost_limit=cost_limit,
+            violation_scale=scale,
+            differentiable=k >= window_start,
+        )
+        _sync(params)
+        t2 = time.perf_counter()
+        rounds.append(
+            {**rnd.metrics, **record, "time/round_data": t1 - t0, "time/inner_update": t2 - t1}
+        )
+    return UnrollResult(params, lam, state, rounds)
+
+
+@dataclass
+class BilevelResult:
+    """The meta-objective of one task (a differentiable scalar) and what produced it."""
+
+    objective: Tensor
+    return_estimate: Tensor
+    cost_estimate: Tensor
+    final_metrics: dict[str, float]
+    unroll: UnrollResult
+
+
+def bilevel_objective(
+    meta_opt: MetaOptimizer,
+    problem: InnerProblem,
+    *,
+    inner_steps: int,
+    unroll_steps: int,
+    cost_limit: float,
+    mu: float,
+    violation_scale: float | None = None,
+) -> BilevelResult:
+    """Unroll ``meta_opt`` on ``problem``, then score ``theta_K`` on a fresh round:
+    ``M = J_R(theta_K) - mu * max(0, J_C(theta_K) - d)``; ``-M`` is the meta-loss."""
+    result = unroll(
+        meta_opt,
+        problem,
+        inner_steps=inner_steps,
+        unroll_steps=unroll_steps,
+        cost_limit=cost_limit,
+        violation_scale=violation_scale,
+    )
+    t0 = time.perf_counter()
+    final = problem.sample_round(detach_params(result.params))
+    j_r, j_c = final.estimates(result.params)
+    objective = meta_objective(j_r, j_c, cost_limit=cost_limit, mu=mu)
+    metrics = {**final.metrics, "time/round_data": time.perf_counter() - t0}
+    return BilevelResult(objective, j_r, j_c, metrics, result)
