@@ -137,9 +137,10 @@ class SafetyGymnasiumBatchEnv(EnvBase):
     reports ``cost`` as a float64 scalar *observation* (so ``RewardSum``, ``GAE`` and the reward
     spec do not see it, and it has no ``[*B, 1]`` shape), wraps one env per instance (a batch
     needs ``SerialEnv``/``ParallelEnv`` around it), and goes through ``GymLikeEnv``'s generic
-    per-step machinery (spec-driven casting, info readers, the gymnasium wrapper stack), about
-    1 ms of overhead per step, i.e. more than a HalfCheetah physics step (~50 us). Here cost is a
-    float32 reward entry and the overhead is paid once per *batch*.
+    per-step machinery (spec-driven casting, info readers, the gymnasium wrapper stack): ~150 us
+    of overhead per env step measured here, 3x a HalfCheetah physics step (~50 us), and paid
+    again for every sub-env of a ``SerialEnv`` (16 HalfCheetahs: 4.5k steps/s vs 19.4k for this
+    class). Here cost is a float32 reward entry and the overhead is paid once per *batch*.
 
     The raw envs are used without safety-gymnasium's wrappers (passive checker, order
     enforcing, ``SafeTimeLimit``): their checks are replaced by the specs and a "reset before

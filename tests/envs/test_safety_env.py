@@ -8,6 +8,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
+from torchrl.collectors import Collector
 from torchrl.envs.utils import check_env_specs
 from torchrl.objectives.value import GAE
 
@@ -188,6 +189,23 @@ def test_episode_sums_equal_summed_steps_at_episode_end(env_id: str) -> None:
         assert td["next", "cost"].sum() > 0
         # truncation at max_episode_steps for every sub-env, nothing else
         assert torch.equal(done[:, :, 0], (torch.arange(1, 61) % 20 == 0).expand(3, 60))
+
+
+def test_collector_batches_carry_cost_and_episode_sums() -> None:
+    env = make_safety_env("SafetySwimmerVelocity-v1", 2, seed=0, max_episode_steps=10)
+    collector = Collector(env, policy=None, frames_per_batch=40, total_frames=80)
+    try:
+        batches = [batch.clone() for batch in collector]
+    finally:
+        collector.shutdown()
+    assert len(batches) == 2
+    for batch in batches:
+        assert batch.batch_size == (2, 20)  # episodes of 10 align with the batches
+        assert batch["next", "cost"].dtype == torch.float32
+        finished, _ = _episode_sums(batch["next", "cost"], batch["next", "done"])
+        assert len(finished) == 4
+        for i, t, total in finished:
+            assert batch["next", "episode_cost"][i, t, 0].item() == pytest.approx(total)
 
 
 def test_auto_partial_reset_restarts_only_finished_sub_envs() -> None:
