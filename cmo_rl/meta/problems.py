@@ -35,10 +35,10 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.objectives.value import GAE
 
 from cmo_rl.meta.bilevel import InnerRound
 from cmo_rl.meta.functional import log_prob_of, params_of, surrogate_estimates
+from cmo_rl.objectives.lagrangian import make_value_estimators
 
 __all__ = ["ContextualBanditCMDP", "RolloutCMDP"]
 
@@ -161,9 +161,9 @@ class RolloutCMDP:
        over the ``T`` steps, averaged over the ``B`` envs (one episode per env when ``T`` is
        the env's episode length);
     3. GAE(``gamma``, ``gae_lambda``) for reward (``advantage``) and cost (``cost_advantage``)
-       with the current critics; advantages are centred (batch mean subtracted: same expected
-       gradient, less variance), not rescaled, so the surrogate's gradient keeps the units of an
-       episode return;
+       with the current critics (``cmo_rl.objectives.lagrangian.make_value_estimators``);
+       advantages are centred (batch mean subtracted: same expected gradient, less variance),
+       not rescaled, so the surrogate's gradient keeps the units of an episode return;
     4. fit both critics to the GAE targets with ``critic_steps`` full-batch Adam steps
        (``critic_lr``) -- on the side, outside the meta-graph;
     5. recompute ``action_log_prob`` under ``theta_k`` (so the ratio is exactly 1 there) and
@@ -209,13 +209,8 @@ class RolloutCMDP:
         self.episode_length = int(episode_length)
         self.critic_steps = int(critic_steps)
         self._theta0 = params_of(actor)
-        self.reward_gae = GAE(gamma=gamma, lmbda=gae_lambda, value_network=critic)
-        self.cost_gae = GAE(gamma=gamma, lmbda=gae_lambda, value_network=cost_critic)
-        self.cost_gae.set_keys(
-            reward="cost",
-            value="cost_value",
-            advantage="cost_advantage",
-            value_target="cost_value_target",
+        self.reward_gae, self.cost_gae = make_value_estimators(
+            critic, cost_critic, gamma=gamma, lmbda=gae_lambda
         )
         critic_params = list(critic.parameters()) + list(cost_critic.parameters())
         self.critic_optim = torch.optim.Adam(critic_params, lr=critic_lr)

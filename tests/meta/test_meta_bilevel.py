@@ -200,3 +200,17 @@ def test_one_outer_step_changes_every_meta_parameter(kind):
     for group, norm in opt.meta_grad_norms().items():
         assert norm == 0.0  # gradients are cleared after the step
         assert 0 < metrics[f"meta/grad_norm/{group}"] < float("inf")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["pid", "lstm"])
+def test_cuda_meta_gradient_matches_cpu(kind):
+    cpu_opt = _pid() if kind == "pid" else _lstm()
+    gpu_opt = copy.deepcopy(cpu_opt).cuda()
+    cpu_task = _task()
+    gpu_task = ContextualBanditCMDP.sample(seed=3, dtype=torch.float64, device="cuda")
+    g_cpu = torch.autograd.grad(_objective(cpu_opt, cpu_task), list(cpu_opt.parameters()))
+    g_gpu = torch.autograd.grad(_objective(gpu_opt, gpu_task), list(gpu_opt.parameters()))
+    for a, b in zip(g_cpu, g_gpu):
+        assert b.is_cuda and torch.allclose(a, b.cpu(), rtol=1e-8, atol=1e-12)

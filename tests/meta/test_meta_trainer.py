@@ -236,3 +236,17 @@ def test_trainer_rejects_bad_arguments():
         meta_test(opt, [MOCK], budget=0, seeds=[0], cost_limit=1.0, **TASK_KW)
     with pytest.raises(ValueError, match="inner_steps"):
         unroll(opt, ContextualBanditCMDP.sample(0), inner_steps=0, unroll_steps=1, cost_limit=1.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["pid", "lstm"])
+def test_rl_meta_iteration_on_cuda(kind):
+    opt = make_meta_optimizer(kind, init_etaR=0.05, init_etaC=0.05, hidden_size=8, device="cuda")
+    sampler = RolloutTaskSampler([MOCK], **TASK_KW, device="cuda")
+    trainer = MetaTrainer(
+        opt, sampler, inner_rollouts=2, unroll_steps=2, meta_batch_size=1, cost_limit=1.0, mu=2.0
+    )
+    metrics = trainer.meta_iteration()
+    assert metrics["meta/skipped"] == 0.0 and math.isfinite(metrics["meta/objective"])
+    assert all(p.is_cuda for p in opt.parameters())
