@@ -20,7 +20,8 @@ Then, on one batch of the same size:
 * ``torch.func.grad eager / compiled``: the first-order reward-surrogate gradient written with
   ``torch.func.grad`` over the parameter TensorDict, eager and under ``torch.compile``
   (``--compile``; the compile time is reported separately). The double-backward path is not
-  compiled: ``torch.compile`` does not support ``create_graph`` through a compiled backward.
+  compiled: ``torch.compile`` does not support double backward (the gradient of a compiled
+  function's ``create_graph`` gradient comes back disconnected from the input).
 
 Example (the run recorded in ``docs/performance.md``, "Meta-step")::
 

@@ -11,9 +11,10 @@ With the (normalised) constraint violation :math:`e_k` (see :func:`cmo_rl.meta.b
 
 with :math:`I_0 = 0`, :math:`e_{-1} = 0`, :math:`\\lambda_0` = ``init_lambda`` and
 :math:`\\mathrm{rms}(g) = \\sqrt{\\sum_i g_i^2 / n}` over all ``n`` policy coordinates
-(``normalize_grads=False`` uses the raw gradients). The RMS normalisation gives every inner step
-an O(1) size per coordinate whatever the scale of the environment's returns, so
-:math:`\\eta_R, \\eta_C` mean "per-coordinate step" on every task.
+(``normalize_grads=False`` uses the raw gradients). This is the positional PID form: the
+``lagrange_multiplier`` input :math:`\\lambda_k` of :meth:`step` is not used. The RMS
+normalisation gives every inner step an O(1) size per coordinate whatever the scale of the
+environment's returns, so :math:`\\eta_R, \\eta_C` mean "per-coordinate step" on every task.
 
 The five meta-parameters :math:`K_P, K_I, K_D, \\eta_R, \\eta_C` are kept positive by a log
 reparameterisation (``log_KP = log(init_KP)``, ...), so the outer optimiser makes relative
