@@ -84,9 +84,12 @@ def test_rl_meta_iteration_end_to_end(kind):
     assert isinstance(problem, RolloutCMDP)
     result = bilevel_objective(opt, problem, inner_steps=3, unroll_steps=3, cost_limit=1.0, mu=2.0)
     result.objective.backward()
+    # measured at this init: PID gains >= 3e-4 (KD smallest, etaR ~1); LSTM tensors >= 2e-5
+    # (the multiplier head, which acts only through the LSTM's features)
+    floor = 1e-4 if kind == "pid" else 5e-6
     for name, p in opt.named_parameters():
         norm = p.grad.norm().item()
-        assert math.isfinite(norm) and 1e-7 < norm < 1e4, (name, norm)
+        assert math.isfinite(norm) and floor < norm < 1e4, (name, norm)
     opt.zero_grad()
     before = [p.detach().clone() for p in opt.parameters()]
     metrics = trainer.meta_iteration()
@@ -250,3 +253,47 @@ def test_rl_meta_iteration_on_cuda(kind):
     metrics = trainer.meta_iteration()
     assert metrics["meta/skipped"] == 0.0 and math.isfinite(metrics["meta/objective"])
     assert all(p.is_cuda for p in opt.parameters())
+
+
+def _held_out_rl_objective(opt, kw, seeds=range(100, 108)):
+    sampler = RolloutTaskSampler([functools.partial(MockCMDPEnv, episode_length=20)], **kw)
+    values = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        out = run_frozen(opt, sampler(seed), budget=4, cost_limit=3.0)
+        values.append(out["final_return"] - 5.0 * max(0.0, out["final_cost"] - 3.0))
+    return sum(values) / len(values)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, meta_lr", [("pid", 0.05), ("lstm", 0.01)], ids=["pid", "lstm"])
+def test_rl_meta_training_beats_its_initialisation_on_held_out_seeds(kind, meta_lr):
+    """~20 s each: 40 meta-iterations on MockCMDPEnv (4 tasks x 5 rounds x 16 envs x 20 steps).
+    Measured: PID -2.4 -> 3.6, LSTM 0.6 -> 3.8 (held-out meta-objective, 8 seeds)."""
+    kw = dict(episode_length=20, vector_envs_per_task=16, hidden_layers=(16,), critic_steps=5)
+    mock = functools.partial(MockCMDPEnv, episode_length=20)
+    torch.manual_seed(0)
+    opt = make_meta_optimizer(
+        kind,
+        init_etaR=0.02,
+        init_etaC=0.02,
+        init_lambda=0.2,
+        hidden_size=8,
+        alpha_theta=0.05,
+        alpha_lambda=0.3,
+    )
+    initial = copy.deepcopy(opt)
+    trainer = MetaTrainer(
+        opt,
+        RolloutTaskSampler([mock], **kw),
+        inner_rollouts=4,
+        unroll_steps=4,
+        meta_batch_size=4,
+        cost_limit=3.0,
+        mu=5.0,
+        meta_lr=meta_lr,
+        seed=0,
+    )
+    trainer.train(40)
+    before, after = _held_out_rl_objective(initial, kw), _held_out_rl_objective(opt, kw)
+    assert after > before + 2.0, (before, after)
