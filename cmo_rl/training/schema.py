@@ -1,0 +1,166 @@
+"""Config schemas of the baseline recipes (``recipes/*.py``), checked by :mod:`cmo_rl.config`.
+
+``COMMON`` holds the keys every recipe has (task, budget, model, critic training, evaluation,
+logging, system); ``PPO``, ``LAGRANGE``, ``PID`` and ``CPO`` the algorithm-specific ones.
+:func:`recipe_schema` merges them, and :func:`check_consistency` adds the checks that involve
+several keys. Both raise :class:`cmo_rl.config.ConfigError`, which the recipes' ``run_cli``
+turns into one message and exit code 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cmo_rl.config import ConfigError, Field, device_check, env_id_check
+from cmo_rl.envs.factory import MOCK_ENV_ID
+
+__all__ = [
+    "COMMON",
+    "CPO",
+    "LAGRANGE",
+    "PID",
+    "PPO",
+    "check_consistency",
+    "recipe_schema",
+]
+
+_ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")
+
+
+def positive_items(values: list) -> bool:
+    """``check`` for a non-empty list of positive ints (layer widths)."""
+    if not values:
+        raise ValueError("needs at least one layer width")
+    if any(v < 1 for v in values):
+        raise ValueError("layer widths must be >= 1")
+    return True
+
+
+COMMON: dict[str, Field] = {
+    # task
+    "env_id": Field(str, check=env_id_check(MOCK_ENV_ID)),
+    "num_envs": Field(int, ge=1),
+    "max_episode_steps": Field(int, ge=1, nullable=True),
+    "normalize_observations": Field(bool),
+    "cost_limit": Field(float, ge=0),
+    # budget
+    "total_steps": Field(int, ge=1),
+    "steps_per_epoch": Field(int, ge=1),
+    # model
+    "hidden_layers": Field(list, items=int, check=positive_items),
+    "activation": Field(str, choices=_ACTIVATIONS),
+    "init_log_std": Field(float, ge=-20, le=2),
+    # optimisation of the networks trained by gradient steps
+    "lr": Field(float, gt=0),
+    "update_iters": Field(int, ge=1),
+    "minibatch_size": Field(int, ge=1),
+    "target_kl": Field(float, gt=0),
+    "max_grad_norm": Field(float, gt=0, nullable=True),
+    "gamma": Field(float, ge=0, le=1),
+    "gae_lambda": Field(float, ge=0, le=1),
+    "cost_gamma": Field(float, ge=0, le=1),
+    "cost_gae_lambda": Field(float, ge=0, le=1),
+    # evaluation, logging, checkpoints
+    "eval_interval": Field(int, ge=1),
+    "eval_episodes": Field(int, ge=1),
+    "checkpoint_interval": Field(int, ge=1),
+    "keep_checkpoints": Field(int, ge=1),
+    "run_root": Field(str),
+    "resume": Field(str, nullable=True),
+    "nan_policy": Field(str, choices=("skip", "raise")),
+    "progress": Field(bool),
+    # system
+    "seed": Field(int, ge=0),
+    "torch_threads": Field(int, ge=0),
+    "device": Field(str, check=device_check),
+}
+
+PPO: dict[str, Field] = {
+    "lr_decay": Field(bool),
+    "clip_epsilon": Field(float, gt=0, lt=1),
+    "entropy_coeff": Field(float, ge=0),
+    "kl_early_stop": Field(bool),
+}
+
+LAGRANGE: dict[str, Field] = {
+    "lambda_init": Field(float, ge=0),
+    "lambda_lr": Field(float, gt=0),
+    "lambda_optimizer": Field(str, choices=("adam", "sgd")),
+}
+
+PID: dict[str, Field] = {
+    "pid_kp": Field(float, ge=0),
+    "pid_ki": Field(float, ge=0),
+    "pid_kd": Field(float, ge=0),
+    "pid_d_delay": Field(int, ge=1),
+    "pid_delta_p_ema_alpha": Field(float, ge=0, le=1),
+    "pid_delta_d_ema_alpha": Field(float, ge=0, le=1),
+    "lambda_init": Field(float, ge=0),
+    "lambda_max": Field(float, gt=0),
+}
+
+CPO: dict[str, Field] = {
+    "cg_iters": Field(int, ge=1),
+    "cg_damping": Field(float, ge=0),
+    "line_search_steps": Field(int, ge=1),
+    "line_search_decay": Field(float, gt=0, lt=1),
+    "kl_tolerance": Field(float, ge=1),
+    "fvp_sample_freq": Field(int, ge=1),
+}
+
+
+def recipe_schema(*parts: Mapping[str, Field]) -> dict[str, Field]:
+    """``COMMON`` merged with ``parts`` (a key in two parts must have the same rule).
+
+    >>> sorted(set(recipe_schema(PPO, LAGRANGE)) - set(COMMON))[:3]
+    ['clip_epsilon', 'entropy_coeff', 'kl_early_stop']
+    """
+    schema = dict(COMMON)
+    for part in parts:
+        for key, rule in part.items():
+            if key in schema and schema[key] != rule:
+                raise ValueError(f"conflicting schema rules for {key!r}")
+            schema[key] = rule
+    return schema
+
+
+def check_consistency(cfg: Mapping[str, Any], episode_horizon: int | None = None) -> None:
+    """Checks that involve several keys; raises one :class:`~cmo_rl.config.ConfigError`.
+
+    * ``steps_per_epoch`` is a multiple of ``num_envs`` and ``<= total_steps``;
+    * ``minibatch_size <= steps_per_epoch``;
+    * with ``episode_horizon`` known: every env finishes an episode each epoch
+      (``steps_per_epoch / num_envs >= episode_horizon``), else the measured episode cost that
+      drives the multiplier would never exist.
+
+    >>> cfg = {"num_envs": 3, "steps_per_epoch": 100, "total_steps": 50, "minibatch_size": 64}
+    >>> try:
+    ...     check_consistency(cfg)
+    ... except ConfigError as err:
+    ...     print(err)
+    invalid config (2 problems):
+      - steps_per_epoch: got 100, must be a multiple of num_envs (3)
+      - total_steps: got 50, must be >= steps_per_epoch (100)
+    """
+    problems = []
+    num_envs, spe = int(cfg["num_envs"]), int(cfg["steps_per_epoch"])
+    if spe % num_envs:
+        problems.append(f"steps_per_epoch: got {spe}, must be a multiple of num_envs ({num_envs})")
+    if int(cfg["total_steps"]) < spe:
+        problems.append(
+            f"total_steps: got {cfg['total_steps']}, must be >= steps_per_epoch ({spe})"
+        )
+    if int(cfg["minibatch_size"]) > spe:
+        problems.append(
+            f"minibatch_size: got {cfg['minibatch_size']}, must be <= steps_per_epoch ({spe})"
+        )
+    if episode_horizon is not None and spe // num_envs < episode_horizon:
+        problems.append(
+            f"steps_per_epoch: got {spe}, i.e. {spe // num_envs} steps per env per epoch, fewer "
+            f"than the episode horizon ({episode_horizon}): no episode would finish, so the "
+            "episode cost would never be measured; raise steps_per_epoch, lower num_envs or "
+            "set max_episode_steps"
+        )
+    if problems:
+        raise ConfigError(problems)
