@@ -16,6 +16,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cmo_rl.envs.factory import MOCK_ENV_ID, make_env, max_episode_steps, observation_norm_of
+    from cmo_rl.envs.fast_reset import (
+        enable_fast_reset,
+        fast_reset_enabled,
+        fast_reset_refusal,
+        supports_fast_reset,
+    )
     from cmo_rl.envs.registry import is_vision_task, safety_task_ids, validate_env_id
     from cmo_rl.envs.safety import (
         SafetyGymnasiumBatchEnv,
@@ -32,15 +39,31 @@ _LAZY = {
     "is_vision_task": "cmo_rl.envs.registry",
     "safety_task_ids": "cmo_rl.envs.registry",
     "validate_env_id": "cmo_rl.envs.registry",
+    "enable_fast_reset": "cmo_rl.envs.fast_reset",
+    "fast_reset_enabled": "cmo_rl.envs.fast_reset",
+    "fast_reset_refusal": "cmo_rl.envs.fast_reset",
+    "supports_fast_reset": "cmo_rl.envs.fast_reset",
+    "MOCK_ENV_ID": "cmo_rl.envs.factory",
+    "make_env": "cmo_rl.envs.factory",
+    "max_episode_steps": "cmo_rl.envs.factory",
+    "observation_norm_of": "cmo_rl.envs.factory",
 }
 
 __all__ = [
+    "MOCK_ENV_ID",
     "SafetyGymnasiumBatchEnv",
+    "enable_fast_reset",
+    "fast_reset_enabled",
+    "fast_reset_refusal",
     "is_vision_task",
+    "make_env",
     "make_safety_env",
+    "max_episode_steps",
     "observation_norm",
+    "observation_norm_of",
     "resolve_device",
     "safety_task_ids",
+    "supports_fast_reset",
     "validate_env_id",
 ]
 

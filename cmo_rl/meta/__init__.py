@@ -18,17 +18,29 @@ from cmo_rl.meta.bilevel import (
     unroll,
     violation,
 )
+from cmo_rl.meta.features import (
+    CONSTRAINT_FEATURES,
+    COORDINATE_FEATURES,
+    constraint_features,
+    coordinate_features,
+    preprocess_gradient,
+    squash,
+)
 from cmo_rl.meta.functional import (
     MetaOptimizer,
     detach_params,
     flatten_params,
+    global_rms,
     grad_of,
+    log_prob_of,
+    num_coordinates,
     params_of,
+    require_grad,
     surrogate_estimates,
     unflatten_params,
     values_and_grads,
 )
-from cmo_rl.meta.lstm import LSTMMetaOptimizer
+from cmo_rl.meta.lstm import CoordinatewiseLSTM, LSTMMetaOptimizer
 from cmo_rl.meta.pid import PIDMetaOptimizer
 from cmo_rl.meta.problems import ContextualBanditCMDP, RolloutCMDP
 from cmo_rl.meta.trainer import (
@@ -40,8 +52,11 @@ from cmo_rl.meta.trainer import (
 )
 
 __all__ = [
+    "CONSTRAINT_FEATURES",
+    "COORDINATE_FEATURES",
     "BilevelResult",
     "ContextualBanditCMDP",
+    "CoordinatewiseLSTM",
     "InnerProblem",
     "InnerRound",
     "LSTMMetaOptimizer",
@@ -52,16 +67,24 @@ __all__ = [
     "RolloutTaskSampler",
     "UnrollResult",
     "bilevel_objective",
+    "constraint_features",
+    "coordinate_features",
     "default_violation_scale",
     "detach_params",
     "flatten_params",
+    "global_rms",
     "grad_of",
     "inner_step",
+    "log_prob_of",
     "make_meta_optimizer",
     "meta_objective",
     "meta_test",
+    "num_coordinates",
     "params_of",
+    "preprocess_gradient",
+    "require_grad",
     "run_frozen",
+    "squash",
     "surrogate_estimates",
     "unflatten_params",
     "unroll",

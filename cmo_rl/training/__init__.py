@@ -16,3 +16,81 @@ module                      what
 Modules are imported explicitly (``from cmo_rl.training.run import TrainingRun``), so importing
 this package stays light.
 """
+
+import importlib
+from typing import Any
+
+_MODULES = (
+    "collection",
+    "guard",
+    "onpolicy",
+    "rollout_eval",
+    "run",
+    "run_state",
+    "schema",
+    "setup",
+)
+
+#: Re-exported name -> its module, loaded on first access (``cmo_rl.training.TrainingRun``).
+_LAZY = {
+    **dict.fromkeys(
+        ["EpisodeStats", "epoch_seed", "finished_episodes", "make_collector"],
+        "cmo_rl.training.collection",
+    ),
+    **dict.fromkeys(
+        ["NAN_POLICIES", "NonFiniteError", "NonFiniteGuard", "exit_on_nonfinite"],
+        "cmo_rl.training.guard",
+    ),
+    **dict.fromkeys(
+        [
+            "CriticLoss",
+            "approx_kl",
+            "compute_advantages",
+            "linear_lr",
+            "make_optimizer",
+            "minibatch_epochs",
+            "set_lr",
+            "train_metrics",
+        ],
+        "cmo_rl.training.onpolicy",
+    ),
+    **dict.fromkeys(
+        ["eval_metrics", "evaluate_policy", "sync_observation_norm"], "cmo_rl.training.rollout_eval"
+    ),
+    "TrainingRun": "cmo_rl.training.run",
+    **dict.fromkeys(
+        [
+            "RESUMABLE_KEYS",
+            "hydra_override_keys",
+            "resolve_resume_config",
+            "restore_snapshot",
+            "take_snapshot",
+        ],
+        "cmo_rl.training.run_state",
+    ),
+    **dict.fromkeys(
+        ["COMMON", "CPO", "LAGRANGE", "PID", "PPO", "check_consistency", "recipe_schema"],
+        "cmo_rl.training.schema",
+    ),
+    **dict.fromkeys(
+        ["make_agent", "make_envs", "make_estimators", "seed_everything", "set_torch_threads"],
+        "cmo_rl.training.setup",
+    ),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULES, *_LAZY})
