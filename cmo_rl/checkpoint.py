@@ -59,6 +59,12 @@ class CheckpointError(Exception):
 
     Attributes:
         path: the offending file.
+
+    >>> try:
+    ...     load_checkpoint("no/such/dir/step_000000000001.pt")
+    ... except CheckpointError as error:
+    ...     print(error.path.name)
+    step_000000000001.pt
     """
 
     def __init__(self, path: str | os.PathLike, problem: str) -> None:
@@ -211,6 +217,13 @@ def load_checkpoint(
     Raises:
         CheckpointError: missing, truncated, corrupt (checksum), wrong format version, or not
             unpicklable; the message names the file. Nothing on disk is modified.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = save_checkpoint(checkpoint_path(d, 8), {"step": 8, "w": torch.ones(2)})
+    ...     state = load_checkpoint(path)
+    >>> state["step"], state["w"]
+    (8, tensor([1., 1.]))
     """
     path = Path(path)
     payload = _read_verified(path)
@@ -322,6 +335,13 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
     CUDA states are restored for as many devices as both the snapshot and this machine have (a
     warning says so when the counts differ); a snapshot without CUDA states leaves CUDA alone.
+
+    >>> import numpy as np
+    >>> state = capture_rng_state()
+    >>> a = np.random.rand()  # the global NumPy RNG
+    >>> restore_rng_state(state)
+    >>> bool(np.random.rand() == a)
+    True
     """
     missing = [k for k in ("python", "numpy", "torch") if k not in state]
     if missing:

@@ -59,7 +59,12 @@ _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str", list: "list
 
 
 class ConfigError(ValueError):
-    """Invalid configuration; ``problems`` lists each one, the message joins them all."""
+    """Invalid configuration; ``problems`` lists each one, the message joins them all.
+
+    >>> print(ConfigError(["seed: got -1, out of range; allowed: int >= 0"]))
+    invalid config (1 problem):
+      - seed: got -1, out of range; allowed: int >= 0
+    """
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)

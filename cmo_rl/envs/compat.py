@@ -130,6 +130,9 @@ def install() -> bool:
 
     A no-op on Python < 3.11. If ``safety_gymnasium`` was already imported (which can only have
     succeeded where no shim is needed) nothing changes.
+
+    >>> install() == NEEDS_SHIM  # already installed by ``import cmo_rl``; idempotent
+    True
     """
     if not NEEDS_SHIM:
         return False
@@ -140,7 +143,11 @@ def install() -> bool:
 
 
 def uninstall() -> None:
-    """Remove the import hook (used by tests)."""
+    """Remove the import hook (used by tests).
+
+    >>> uninstall(); install() == NEEDS_SHIM  # put it back: later imports need it
+    True
+    """
     with _lock:
         if _finder in sys.meta_path:
             sys.meta_path.remove(_finder)

@@ -302,7 +302,13 @@ def supports_fast_reset(env_or_id: str | gymnasium.Env) -> bool:
 
 
 def fast_reset_enabled(env: Any) -> bool:
-    """Whether ``env`` (or the Builder under its wrappers) resets through the fast path."""
+    """Whether ``env`` (or the Builder under its wrappers) resets through the fast path.
+
+    >>> import cmo_rl, safety_gymnasium
+    >>> env = safety_gymnasium.make("SafetyPointGoal1-v0")
+    >>> fast_reset_enabled(env), fast_reset_enabled(enable_fast_reset(env))
+    (False, True)
+    """
     builder = _builder(env)
     if builder is None:
         return False
@@ -324,6 +330,12 @@ def enable_fast_reset(env: gymnasium.Env) -> gymnasium.Env:
     Raises:
         ValueError: ``env`` is not a Builder task, or it renders (``render_mode`` set, vision
             observations, debug mode); the message says which.
+
+    >>> import cmo_rl, safety_gymnasium
+    >>> env = enable_fast_reset(safety_gymnasium.make("SafetyCarButton1-v0"))
+    >>> obs, info = env.reset(seed=0)  # ~40 ms instead of ~2 s
+    >>> fast_reset_enabled(env), obs.shape
+    (True, (88,))
     """
     reason = _refusal_for_env(env)
     if reason is not None:

@@ -503,5 +503,13 @@ def observation_norm(in_keys: Sequence[str]) -> Transform:
 
     updated on every step and reset output (``freeze()`` stops the updates, e.g. for
     evaluation; ``state_dict()`` carries the statistics).
+
+    >>> from torchrl.envs import TransformedEnv
+    >>> from cmo_rl.testing import MockCMDPEnv
+    >>> norm = observation_norm(["observation"])
+    >>> env = TransformedEnv(MockCMDPEnv(num_envs=8, episode_length=50, seed=0), norm)
+    >>> s = env.rollout(50)["next", "observation"][..., 0]  # raw s ~ U(-1, 1): std 0.58
+    >>> type(norm).__name__, round(float(s.std()), 1)
+    ('VecNormV2', 1.0)
     """
     return VecNorm(in_keys=list(in_keys), new_api=True, decay=1.0, eps=1e-4, reduce_batch_dims=True)
