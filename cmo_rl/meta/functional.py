@@ -213,6 +213,16 @@ def log_prob_of(actor: nn.Module, params: TensorDictBase, batch: TensorDictBase)
 
     ``actor`` is a TorchRL ``ProbabilisticActor`` (anything with ``get_dist(td)``); it is run
     with ``params`` swapped in, on a shallow copy of ``batch`` (the batch is not modified).
+
+    >>> from cmo_rl.modules import make_actor
+    >>> from cmo_rl.testing import MockCMDPEnv
+    >>> env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
+    >>> actor = make_actor(env, hidden_layers=(4,))
+    >>> with torch.no_grad():
+    ...     batch = env.rollout(3, actor)
+    >>> log_prob = log_prob_of(actor, params_of(actor), batch)
+    >>> log_prob.shape, bool(torch.allclose(log_prob, batch["action_log_prob"]))
+    (torch.Size([2, 3]), True)
     """
     with params.to_module(actor, preserve_module_state=False):
         dist = actor.get_dist(batch.copy())
@@ -257,6 +267,18 @@ def surrogate_estimates(
 
     Returns:
         ``(J_R, J_C)``, scalars with ``params``'s graph.
+
+    >>> from cmo_rl.modules import make_actor
+    >>> from cmo_rl.testing import MockCMDPEnv
+    >>> env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
+    >>> actor = make_actor(env, hidden_layers=(4,))
+    >>> with torch.no_grad():
+    ...     batch = env.rollout(3, actor)
+    >>> batch["advantage"], batch["cost_advantage"] = torch.randn(2, 3, 1), torch.randn(2, 3, 1)
+    >>> (j_r, j_c), (g_r, g_c) = values_and_grads(lambda p: surrogate_estimates(
+    ...     actor, p, batch, episode_return=1.5, episode_cost=0.5, horizon=3), params_of(actor))
+    >>> round(float(j_r), 4), round(float(j_c), 4), bool(global_rms(g_r) > 0)  # rho = 1 here
+    (1.5, 0.5, True)
     """
     for key in ("action", log_prob_key, advantage_key, cost_advantage_key):
         if key not in batch.keys(include_nested=True):
@@ -280,6 +302,21 @@ class MetaOptimizer(TensorDictModuleBase):
     ``"meta_state"`` (TensorDict). Keys written (new tensors, never in place): ``"params"``,
     ``"lagrange_multiplier"``, ``"meta_state"``. Every recurrent quantity lives in
     ``"meta_state"``; the module itself holds only meta-parameters.
+
+    The TensorDict form of one step of :class:`~cmo_rl.meta.PIDMetaOptimizer` (no violation,
+    so :math:`\\lambda = \\lambda_0`; the RMS-normalised reward gradient moves each coordinate
+    by :math:`\\eta_R = 10^{-3}`):
+
+    >>> from cmo_rl.meta import PIDMetaOptimizer
+    >>> opt = PIDMetaOptimizer(init_lambda=0.5)
+    >>> theta = TensorDict(w=torch.zeros(2))
+    >>> td = TensorDict(params=theta, grad_reward=TensorDict(w=torch.tensor([2.0, -2.0])),
+    ...                 grad_cost=TensorDict(w=torch.zeros(2)), violation=torch.tensor(0.0),
+    ...                 lagrange_multiplier=opt.init_multiplier(theta), meta_state=opt.init_state(theta))
+    >>> with torch.no_grad():
+    ...     out = opt(td)
+    >>> [round(w, 6) for w in out["params", "w"].tolist()], float(out["lagrange_multiplier"])
+    ([0.001, -0.001], 0.5)
     """
 
     in_keys = [

@@ -179,6 +179,16 @@ class RolloutCMDP:
         critic_lr, critic_steps: the critics' Adam.
 
     Metrics of a round: ``return``, ``cost`` (measured), ``time/collect``, ``time/gae``.
+
+    >>> from cmo_rl.modules import actor_critic_from_env
+    >>> from cmo_rl.testing import MockCMDPEnv
+    >>> env = MockCMDPEnv(num_envs=4, episode_length=5, seed=0)
+    >>> task = RolloutCMDP(env, *actor_critic_from_env(env, hidden_layers=(8,)), episode_length=5)
+    >>> theta = task.init_params()
+    >>> rnd = task.sample_round(theta)
+    >>> j_r, j_c = rnd.estimates(theta)  # differentiable in theta; the measured cost at theta_k
+    >>> sorted(rnd.metrics), abs(float(j_c) - rnd.metrics["cost"]) < 1e-5
+    (['cost', 'return', 'time/collect', 'time/gae'], True)
     """
 
     def __init__(

@@ -126,6 +126,14 @@ class RolloutTaskSampler:
     One env per id is built on first use and reseeded for every task (building MuJoCo scenes
     is slow). ``sampler(seed)`` draws the env id from ``seed``; ``sampler(seed, env_index=i)``
     fixes it. The fresh networks' initialisation depends only on ``seed``.
+
+    >>> import functools
+    >>> from cmo_rl.testing import MockCMDPEnv
+    >>> sampler = RolloutTaskSampler([functools.partial(MockCMDPEnv, episode_length=5)],
+    ...                              episode_length=5, vector_envs_per_task=2, hidden_layers=(8,))
+    >>> task = sampler(seed=3)  # a RolloutCMDP with a fresh policy and critics
+    >>> task.name, task.env.batch_size
+    ('MockCMDPEnv', torch.Size([2]))
     """
 
     def __init__(
@@ -233,6 +241,12 @@ def run_frozen(
     and the multiplier ``lambda`` it was trained with (``rounds[budget]`` is the final policy);
     with ``eval_episodes > 0`` and a problem with ``evaluate``, also
     ``eval/episode_return`` / ``eval/episode_cost`` of the final deterministic policy.
+
+    >>> from cmo_rl.meta.problems import ContextualBanditCMDP
+    >>> out = run_frozen(make_meta_optimizer("pid"), ContextualBanditCMDP.sample(seed=0),
+    ...                  budget=3, cost_limit=3.0)
+    >>> len(out["rounds"]), sorted(out["rounds"][0]), out["rounds"][0]["lambda"]
+    (4, ['cost', 'lambda', 'return'], 0.0)
     """
     result = unroll(
         meta_optimizer,
@@ -280,6 +294,14 @@ def meta_test(
     ``task_kwargs`` build the :class:`RolloutTaskSampler` (``episode_length`` required;
     ``vector_envs_per_task``, ``hidden_layers``, ``gamma``, ``gae_lambda``, ``device``, ...),
     unless a ``sampler`` is given.
+
+    >>> import functools
+    >>> from cmo_rl.testing import MockCMDPEnv
+    >>> results = meta_test(make_meta_optimizer("pid"), [functools.partial(MockCMDPEnv)],
+    ...                     budget=2, seeds=[0, 1], cost_limit=1.0, episode_length=5,
+    ...                     vector_envs_per_task=2, hidden_layers=(8,))
+    >>> [(r["env_id"], r["seed"], len(r["rounds"])) for r in results]
+    [('MockCMDPEnv', 0, 3), ('MockCMDPEnv', 1, 3)]
     """
     if budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget}")

@@ -336,7 +336,16 @@ def make_cost_critic(
 
 
 class ActorCritic(NamedTuple):
-    """The three networks of a safe on-policy agent."""
+    """The three networks of a safe on-policy agent.
+
+    >>> from cmo_rl.testing import MockCMDPEnv
+    >>> env = MockCMDPEnv(num_envs=2)
+    >>> agent = ActorCritic(make_actor(env, (8,)), make_value_critic(env, (8,)),
+    ...                     make_cost_critic(env, (8,)))
+    >>> actor, critic, cost_critic = agent  # a NamedTuple: unpacks like the tuple it is
+    >>> agent.cost_critic(env.reset())["cost_value"].shape
+    torch.Size([2, 1])
+    """
 
     actor: ProbabilisticActor
     critic: ValueOperator

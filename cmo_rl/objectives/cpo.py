@@ -129,6 +129,15 @@ def make_fisher_vector_product(
 
     The KL gradient graph is built once, each call is one extra backward (Pearlmutter's trick).
     ``v`` is flat, ordered as ``[p for p in actor.parameters() if p.requires_grad]``.
+
+    >>> from cmo_rl.modules import make_actor
+    >>> from cmo_rl.testing import MockCMDPEnv
+    >>> env = MockCMDPEnv(num_envs=8, seed=0)
+    >>> actor = make_actor(env, hidden_layers=(4,))
+    >>> fvp = make_fisher_vector_product(actor, env.reset(), damping=0.1)
+    >>> v = torch.randn(sum(p.numel() for p in actor.parameters()))
+    >>> bool(v @ fvp(v) >= 0.1 * v @ v)  # H is positive semi-definite
+    True
     """
     if damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
@@ -178,6 +187,11 @@ class CPOStep(NamedTuple):
     (both plain TRPO steps), 2 — feasible but the constraint cuts the trust region,
     1 — infeasible but recoverable inside the trust region, 0 — infeasible recovery
     :math:`x = -\\sqrt{2\\delta / s}\\,H^{-1} b`.
+
+    >>> g, b = torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])  # H = I: H^-1 g = g
+    >>> step = cpo_step_direction(g, b, 2.0, g, b, target_kl=0.5)  # c = 2: out of reach
+    >>> step.optim_case, round(step.nu_star, 4), step.direction  # x = -sqrt(2 delta / s) b
+    (0, 1.0, tensor([-1., -0.]))
     """
 
     direction: torch.Tensor
