@@ -106,7 +106,12 @@ def make_collector(
 
 
 class EpisodeStats(NamedTuple):
-    """Per-episode ``returns``, ``costs`` and ``lengths`` (float ``[n]`` tensors, CPU)."""
+    """Per-episode ``returns``, ``costs`` and ``lengths`` (float ``[n]`` tensors, CPU).
+
+    >>> stats = EpisodeStats(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 4.0]), torch.ones(2))
+    >>> stats.count, float(stats.costs.max())
+    (2, 4.0)
+    """
 
     returns: torch.Tensor
     costs: torch.Tensor

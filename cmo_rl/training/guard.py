@@ -24,7 +24,14 @@ NONFINITE_EXIT_CODE = 3
 
 
 class NonFiniteError(FloatingPointError):
-    """A loss or gradient became NaN/inf while ``nan_policy="raise"``."""
+    """A loss or gradient became NaN/inf while ``nan_policy="raise"``.
+
+    >>> try:
+    ...     NonFiniteGuard("raise").check("epoch 2", {"loss_objective": float("nan")})
+    ... except NonFiniteError as error:
+    ...     print(str(error).split(" (")[0])
+    non-finite loss_objective=nan in epoch 2
+    """
 
 
 class NonFiniteGuard:

@@ -93,7 +93,14 @@ def make_optimizer(groups: Mapping[str, nn.Module], lr: float) -> torch.optim.Ad
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, group: str | None = None) -> float:
-    """Set the learning rate of the group named ``group`` (``None``: all groups); returns ``lr``."""
+    """Set the learning rate of the group named ``group`` (``None``: all groups); returns ``lr``.
+
+    >>> opt = make_optimizer({"actor": nn.Linear(2, 1), "critic": nn.Linear(2, 1)}, lr=3e-4)
+    >>> set_lr(opt, 1e-4, group="actor")
+    0.0001
+    >>> [(g["name"], g["lr"]) for g in opt.param_groups]
+    [('actor', 0.0001), ('critic', 0.0003)]
+    """
     found = False
     for param_group in optimizer.param_groups:
         if group is None or param_group.get("name") == group:

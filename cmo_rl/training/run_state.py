@@ -174,6 +174,9 @@ def hydra_override_keys() -> set[str] | None:
 
     ``python recipes/ppo_lagrangian.py resume=runs/... total_steps=2000000`` gives
     ``{"resume", "total_steps"}``.
+
+    >>> hydra_override_keys() is None  # not inside a Hydra app
+    True
     """
     try:
         from hydra.core.hydra_config import HydraConfig

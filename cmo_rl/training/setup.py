@@ -39,6 +39,11 @@ def set_torch_threads(threads: int) -> None:
     The networks here are tiny: on a shared CPU, one intra-op thread is often several times
     faster than two that spin-wait for each other, and a fixed count keeps float reductions
     reproducible from run to run.
+
+    >>> before = torch.get_num_threads()
+    >>> set_torch_threads(0)  # 0: leave torch's default alone
+    >>> torch.get_num_threads() == before
+    True
     """
     if threads < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
@@ -70,7 +75,14 @@ def make_envs(cfg: Mapping[str, Any]) -> tuple[TransformedEnv, TransformedEnv]:
 
 def make_agent(cfg: Mapping[str, Any], env: TransformedEnv, device: torch.device) -> ActorCritic:
     """``ActorCritic(actor, critic, cost_critic)`` with ``hidden_layers``, ``activation``,
-    ``init_log_std`` from the config, on ``device``."""
+    ``init_log_std`` from the config, on ``device``.
+
+    >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0)
+    >>> cfg = {"hidden_layers": [8], "activation": "tanh", "init_log_std": -0.5}
+    >>> actor, critic, cost_critic = make_agent(cfg, env, torch.device("cpu"))
+    >>> actor(env.reset())["action"].shape
+    torch.Size([2, 1])
+    """
     return actor_critic_from_env(
         env,
         hidden_layers=[int(h) for h in cfg["hidden_layers"]],
@@ -86,7 +98,16 @@ def make_estimators(
     cost_critic: torch.nn.Module,
     device: torch.device,
 ) -> tuple[GAE, GAE]:
-    """Reward and cost GAE with ``gamma``/``gae_lambda`` and ``cost_gamma``/``cost_gae_lambda``."""
+    """Reward and cost GAE with ``gamma``/``gae_lambda`` and ``cost_gamma``/``cost_gae_lambda``.
+
+    >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0)
+    >>> cfg = {"hidden_layers": [8], "activation": "tanh", "init_log_std": -0.5, "gamma": 0.99,
+    ...        "gae_lambda": 0.95, "cost_gamma": 0.9, "cost_gae_lambda": 0.8}
+    >>> _, critic, cost_critic = make_agent(cfg, env, torch.device("cpu"))
+    >>> gae, cost_gae = make_estimators(cfg, critic, cost_critic, torch.device("cpu"))
+    >>> round(float(cost_gae.gamma), 3), round(float(cost_gae.lmbda), 3), cost_gae.tensor_keys.advantage
+    (0.9, 0.8, 'cost_advantage')
+    """
     return make_value_estimators(
         critic,
         cost_critic,
