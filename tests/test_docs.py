@@ -5,6 +5,7 @@ lists every page."""
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 import re
 from pathlib import Path
@@ -22,6 +23,7 @@ _INLINE_CODE = re.compile(r"(`+).*?\1")
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 
+@functools.cache
 def _load_builder():
     spec = importlib.util.spec_from_file_location("build_api", DOCS / "build_api.py")
     module = importlib.util.module_from_spec(spec)
