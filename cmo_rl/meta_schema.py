@@ -1,0 +1,189 @@
+"""Config schema of the ``cmo`` meta-training program (``cmo_rl/conf/default.yaml``).
+
+:data:`SCHEMA` declares one :class:`cmo_rl.config.Field` per key (``meta_test`` is a sub-config);
+:func:`check_meta_config` runs it plus the checks that involve several keys, and raises one
+:class:`cmo_rl.config.ConfigError` listing every problem (the CLI prints it and exits with code 2).
+``docs/configuration.md`` explains every key.
+
+>>> from omegaconf import OmegaConf
+>>> cfg = OmegaConf.load(DEFAULT_CONFIG)
+>>> _ = cfg.pop("defaults"), cfg.pop("hydra")
+>>> check_meta_config(cfg)
+>>> cfg.meta_batch_size, cfg.meta_optimizer_type = 0, "lsmt"
+>>> try:
+...     check_meta_config(cfg)
+... except ConfigError as err:
+...     print(err)
+invalid config (2 problems):
+  - meta_batch_size: got 0, out of range; allowed: int >= 1
+  - meta_optimizer_type: got 'lsmt', allowed: one of ['lstm', 'pid'] (did you mean 'lstm'?)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cmo_rl.config import ConfigError, Field, device_check, env_id_check, validate_config
+
+__all__ = [
+    "CONF_DIR",
+    "DEFAULT_CONFIG",
+    "MOCK_ENV_ID",
+    "RESUMABLE_KEYS",
+    "SCHEMA",
+    "check_meta_config",
+]
+
+#: The folder of the Hydra config (package data) and its main file.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+DEFAULT_CONFIG = CONF_DIR / "default.yaml"
+#: The task id of :class:`cmo_rl.testing.MockCMDPEnv` (tests and smoke runs).
+MOCK_ENV_ID = "MockCMDP-v0"
+
+_env_id = env_id_check(MOCK_ENV_ID)
+
+
+def env_ids_check(values: list) -> bool:
+    """``check`` for a list of task ids: each one valid (close-match hints), no duplicates.
+
+    >>> env_ids_check(["MockCMDP-v0", "SafetyHopperVelocity-v1"])
+    True
+    >>> env_ids_check(["SafetyHoperVelocity-v1"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: item 0: unknown Safety-Gymnasium task id 'SafetyHoperVelocity-v1'; did you mean ...
+    """
+    for i, value in enumerate(values):
+        try:
+            _env_id(value)
+        except ValueError as err:
+            raise ValueError(f"item {i}: {err}") from None
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate task ids {duplicates}")
+    return True
+
+
+def _non_empty(values: list) -> bool:
+    if not values:
+        raise ValueError("needs at least one entry")
+    return True
+
+
+def _train_env_ids(values: list) -> bool:
+    return _non_empty(values) and env_ids_check(values)
+
+
+def _layer_widths(values: list) -> bool:
+    if not values or any(v < 1 for v in values):
+        raise ValueError("needs at least one layer width, each >= 1")
+    return True
+
+
+def _not_blank(value: str) -> bool:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return True
+
+
+def _seeds(values: list) -> bool:
+    if not values or any(v < 0 for v in values):
+        raise ValueError("needs at least one seed, each >= 0")
+    if len(set(values)) != len(values):
+        raise ValueError("seeds must be distinct")
+    return True
+
+
+SCHEMA: dict[str, Any] = {
+    # tasks
+    "env_ids": Field(list, items=str, check=_train_env_ids),
+    "eval_env_ids": Field(list, items=str, check=env_ids_check),
+    "vector_envs_per_task": Field(int, ge=1),
+    "episode_length": Field(int, ge=1),
+    # meta-optimizer
+    "meta_optimizer_type": Field(str, choices=("lstm", "pid")),
+    "hidden_size": Field(int, ge=1),
+    "lstm_layers": Field(int, ge=1),
+    "alpha_theta": Field(float, gt=0),
+    "alpha_lambda": Field(float, gt=0),
+    "init_KP": Field(float, gt=0),
+    "init_KI": Field(float, gt=0),
+    "init_KD": Field(float, gt=0),
+    "init_etaR": Field(float, gt=0),
+    "init_etaC": Field(float, gt=0),
+    "init_lambda": Field(float, ge=0),
+    # bilevel training
+    "total_meta_iters": Field(int, ge=1),
+    "meta_batch_size": Field(int, ge=1),
+    "inner_rollouts": Field(int, ge=1),
+    "unroll_steps": Field(int, ge=1),
+    "meta_lr": Field(float, gt=0),
+    "meta_grad_clip": Field(float, gt=0),
+    "mu": Field(float, ge=0),
+    "cost_limit": Field(float, ge=0),
+    "violation_scale": Field(float, gt=0, nullable=True),
+    "gamma": Field(float, gt=0, le=1),
+    "gae_lambda": Field(float, ge=0, le=1),
+    "hidden_layers": Field(list, items=int, check=_layer_widths),
+    "critic_lr": Field(float, gt=0),
+    "critic_steps": Field(int, ge=0),
+    # meta-test
+    "eval_episodes": Field(int, ge=0),
+    "meta_test": {
+        "enabled": Field(bool),
+        "rounds": Field(int, ge=0),
+        "seeds": Field(list, items=int, check=_seeds),
+        "compare_baselines": Field(bool),
+    },
+    # logging, checkpoints
+    "log_interval": Field(int, ge=1),
+    "checkpoint_interval": Field(int, ge=1),
+    "keep_checkpoints": Field(int, ge=1),
+    "run_root": Field(str, check=_not_blank),
+    "resume": Field(str, nullable=True),
+    "nan_policy": Field(str, choices=("skip", "raise")),
+    "progress": Field(bool),
+    # system
+    "seed": Field(int, ge=0),
+    "torch_threads": Field(int, ge=0),
+    "device": Field(str, check=device_check),
+}
+
+#: Keys a resumed run may change: they do not alter the meta-training trajectory (or, like
+#: ``total_meta_iters``, only extend it). Every other key keeps the stored run's value.
+RESUMABLE_KEYS = frozenset(
+    {
+        "total_meta_iters",
+        "resume",
+        "run_root",
+        "device",
+        "torch_threads",
+        "progress",
+        "log_interval",
+        "checkpoint_interval",
+        "keep_checkpoints",
+        "nan_policy",
+        "eval_env_ids",
+        "eval_episodes",
+        "meta_test",
+    }
+)
+
+
+def check_meta_config(cfg: Mapping[str, Any]) -> None:
+    """:data:`SCHEMA` plus cross-key checks; one :class:`ConfigError` listing every problem.
+
+    Cross-key checks: ``meta_test.rounds`` (when > 0) and ``inner_rollouts`` give the meta-test
+    budget; ``eval_env_ids`` must not repeat a training task (a held-out task is held out).
+    """
+    validate_config(cfg, SCHEMA)
+    overlap = sorted(set(cfg["env_ids"]) & set(cfg["eval_env_ids"]))
+    if overlap:
+        raise ConfigError(
+            [
+                f"eval_env_ids: {overlap} are also training tasks (env_ids); the meta-test runs on "
+                "every training task anyway, eval_env_ids lists the held-out ones"
+            ]
+        )
