@@ -44,13 +44,18 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q -c "$ROOT/
   "torchrl==0.14.1" "tensordict==0.14.3" "hydra-core>=1.3,<1.4" "omegaconf>=2.3,<2.4" \
   "tensorboard>=2.14" "matplotlib>=3.7" "tqdm>=4.66" "pandas>=2.0" \
   "pytest>=8" "pytest-timeout" "ruff>=0.6"
+# the scaling extra (docs/scaling.md): Ray for distributed collection, Hydra's joblib (local)
+# and submitit (SLURM) launchers for multirun sweeps. Same list as pyproject's `scale` extra.
+"${PIP[@]}" "ray>=2.40,<3" "hydra-joblib-launcher>=1.2,<1.3" "hydra-submitit-launcher>=1.2,<1.3"
 # 4. the project itself.
 "${PIP[@]}" --no-deps -e "$ROOT"
 
 "$VENV/bin/python" - <<'PY'
 import cmo_rl.envs.compat  # noqa: F401  (installs the Python 3.11 import shim)
 import safety_gymnasium, torchrl, tensordict, torch
+import ray, hydra_plugins.hydra_joblib_launcher, hydra_plugins.hydra_submitit_launcher  # noqa: F401
 print(f"[setup] ok: torch {torch.__version__}, torchrl {torchrl.__version__}, "
-      f"tensordict {tensordict.__version__}, safety-gymnasium {safety_gymnasium.__version__}")
+      f"tensordict {tensordict.__version__}, safety-gymnasium {safety_gymnasium.__version__}, "
+      f"ray {ray.__version__}")
 PY
 echo "$HASH" > "$STAMP"
