@@ -14,12 +14,15 @@ Batch keys (``B = num_envs``, ``T = steps_per_epoch / B``): everything of
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from tensordict import TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
+
+if TYPE_CHECKING:
+    from cmo_rl.training.parallel import WorkerCollector, WorkerSpec
 
 __all__ = ["EpisodeStats", "epoch_seed", "finished_episodes", "make_collector"]
 
@@ -57,7 +60,8 @@ def make_collector(
     seed: int,
     first_epoch: int = 0,
     device: torch.device | str = "cpu",
-) -> Collector:
+    workers: WorkerSpec | None = None,
+) -> Collector | WorkerCollector:
     """A TorchRL ``Collector`` yielding one ``[num_envs, steps_per_epoch / num_envs]`` batch per epoch.
 
     Args:
@@ -68,6 +72,10 @@ def make_collector(
         seed: the run's seed (envs are re-seeded each epoch with :func:`epoch_seed`).
         first_epoch: index of the first epoch this collector collects (``> 0`` when resuming).
         device: policy and storage device.
+        workers: collect in worker processes or Ray actors instead
+            (:func:`cmo_rl.training.parallel.worker_spec` of the config's ``collector:`` block;
+            ``None``: in this process). Returns a :class:`~cmo_rl.training.parallel.WorkerCollector`
+            that yields the same batch layout.
 
     The envs are reset at the start of every batch (``reset_at_each_iter=True``), after seeding.
 
@@ -89,6 +97,19 @@ def make_collector(
     if remaining < 1:
         raise ValueError(
             f"no epoch left to collect: first_epoch={first_epoch}, num_epochs={num_epochs}"
+        )
+    if workers is not None:
+        from cmo_rl.training.parallel import WorkerCollector
+
+        return WorkerCollector(
+            env,
+            policy,
+            workers,
+            steps_per_epoch=steps_per_epoch,
+            num_epochs=num_epochs,
+            seed=seed,
+            first_epoch=first_epoch,
+            device=device,
         )
     device = torch.device(device)
     return Collector(

@@ -12,16 +12,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cmo_rl.config import ConfigError, Field, device_check, env_id_check
+from cmo_rl.config import ConfigError, Field, device_check, env_id_check, validate_config
 from cmo_rl.envs.factory import MOCK_ENV_ID
 
 __all__ = [
+    "COLLECTOR",
+    "COLLECTOR_BACKENDS",
     "COMMON",
     "CPO",
     "LAGRANGE",
     "PID",
     "PPO",
     "check_consistency",
+    "collector_check",
     "recipe_schema",
 ]
 
@@ -34,6 +37,36 @@ def positive_items(values: list) -> bool:
         raise ValueError("needs at least one layer width")
     if any(v < 1 for v in values):
         raise ValueError("layer widths must be >= 1")
+    return True
+
+
+#: ``collector.backend`` values (:data:`cmo_rl.training.parallel.BACKENDS`).
+COLLECTOR_BACKENDS = ("sync", "multi_sync", "ray")
+#: The ``collector:`` block (:class:`cmo_rl.training.parallel.CollectorConfig`).
+COLLECTOR: dict[str, Field] = {
+    "backend": Field(str, choices=COLLECTOR_BACKENDS),
+    "num_workers": Field(int, ge=1),
+    "envs_per_worker": Field(int, ge=1, nullable=True),
+    "ray_address": Field(str, nullable=True),
+}
+
+
+def collector_check(block: Mapping[str, Any]) -> bool:
+    """``check`` of the optional ``collector:`` block: its keys follow :data:`COLLECTOR`.
+
+    >>> collector_check({"backend": "multi_sync", "num_workers": 2, "envs_per_worker": None,
+    ...                  "ray_address": None})
+    True
+    >>> collector_check({"backend": "mpi", "num_workers": 2, "envs_per_worker": None,
+    ...                  "ray_address": None})
+    Traceback (most recent call last):
+    ...
+    ValueError: collector.backend: got 'mpi', allowed: one of ['sync', 'multi_sync', 'ray']
+    """
+    try:
+        validate_config(block, COLLECTOR)
+    except ConfigError as err:
+        raise ValueError("; ".join(f"collector.{p}" for p in err.problems)) from None
     return True
 
 
@@ -74,6 +107,8 @@ COMMON: dict[str, Field] = {
     "seed": Field(int, ge=0),
     "torch_threads": Field(int, ge=0),
     "device": Field(str, check=device_check),
+    # collection: processes / Ray actors (optional block; absent: one process)
+    "collector": Field(dict, required=False, check=collector_check),
 }
 
 PPO: dict[str, Field] = {
