@@ -5,6 +5,7 @@ module                      what
 ==========================  ========================================================================
 ``collection``              ``make_collector`` (one re-seeded batch per epoch), ``finished_episodes``
 ``onpolicy``                ``compute_advantages``, ``minibatch_epochs`` (KL early stop), learning rates
+``parallel``                collection in worker processes (``multi_sync``) or Ray actors (``ray``)
 ``rollout_eval``            ``evaluate_policy`` (deterministic episodes), ``sync_observation_norm``
 ``guard``                   ``NonFiniteGuard``: skip or stop on NaN/inf losses and gradients
 ``run_state``               checkpoint snapshot/restore, the config of a resumed run
@@ -24,6 +25,7 @@ _MODULES = (
     "collection",
     "guard",
     "onpolicy",
+    "parallel",
     "rollout_eval",
     "run",
     "run_state",
@@ -55,6 +57,18 @@ _LAZY = {
         "cmo_rl.training.onpolicy",
     ),
     **dict.fromkeys(
+        [
+            "BACKENDS",
+            "CollectorConfig",
+            "WorkerCollector",
+            "WorkerEnv",
+            "WorkerSpec",
+            "worker_action_seed",
+            "worker_spec",
+        ],
+        "cmo_rl.training.parallel",
+    ),
+    **dict.fromkeys(
         ["eval_metrics", "evaluate_policy", "sync_observation_norm"], "cmo_rl.training.rollout_eval"
     ),
     "TrainingRun": "cmo_rl.training.run",
@@ -69,7 +83,18 @@ _LAZY = {
         "cmo_rl.training.run_state",
     ),
     **dict.fromkeys(
-        ["COMMON", "CPO", "LAGRANGE", "PID", "PPO", "check_consistency", "recipe_schema"],
+        [
+            "COLLECTOR",
+            "COLLECTOR_BACKENDS",
+            "COMMON",
+            "CPO",
+            "LAGRANGE",
+            "PID",
+            "PPO",
+            "check_consistency",
+            "collector_check",
+            "recipe_schema",
+        ],
         "cmo_rl.training.schema",
     ),
     **dict.fromkeys(
