@@ -74,6 +74,16 @@ def frozen_runs(
     (``"train"`` or ``"held-out"`` when the task is in ``held_out``), ``seed``, ``objective``,
     ``return``, ``cost``, ``lambda`` (final), ``rounds`` (per-round ``return``/``cost``/``lambda``),
     ``env_steps`` and, with ``eval_episodes > 0``, ``eval_return``/``eval_cost`` (deterministic).
+
+    >>> import functools
+    >>> from cmo_rl.meta import PIDMetaOptimizer
+    >>> from cmo_rl.testing import MockCMDPEnv
+    >>> sampler = RolloutTaskSampler([functools.partial(MockCMDPEnv)], episode_length=5,
+    ...                              vector_envs_per_task=2, hidden_layers=(8,))
+    >>> rows = frozen_runs({"pid": PIDMetaOptimizer()}, sampler, seeds=[0, 1], budget=2,
+    ...                    cost_limit=1.0, mu=10.0)
+    >>> [(r["optimizer"], r["env_id"], r["seed"], r["env_steps"]) for r in rows]
+    [('pid', 'MockCMDPEnv', 0, 30), ('pid', 'MockCMDPEnv', 1, 30)]
     """
     rows = []
     devices = [sampler.device] if sampler.device.type == "cuda" else []

@@ -177,6 +177,16 @@ def check_meta_config(cfg: Mapping[str, Any]) -> None:
 
     Cross-key checks: ``meta_test.rounds`` (when > 0) and ``inner_rollouts`` give the meta-test
     budget; ``eval_env_ids`` must not repeat a training task (a held-out task is held out).
+
+    >>> from omegaconf import OmegaConf
+    >>> cfg = OmegaConf.load(DEFAULT_CONFIG)
+    >>> _ = cfg.pop("defaults"), cfg.pop("hydra")
+    >>> cfg.eval_env_ids = [cfg.env_ids[0]]  # a held-out task that is also a training task
+    >>> try:
+    ...     check_meta_config(cfg)
+    ... except ConfigError as err:
+    ...     print(err.problems[0].split(":")[0])
+    eval_env_ids
     """
     validate_config(cfg, SCHEMA)
     overlap = sorted(set(cfg["env_ids"]) & set(cfg["eval_env_ids"]))
