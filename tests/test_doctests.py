@@ -19,6 +19,11 @@ WITHOUT_EXAMPLE = {
     # its life needs a whole recipe config, run dir and envs: recipes/*.py are its examples,
     # tests/recipes and tests/training run it
     "cmo_rl.training.run.TrainingRun",
+    # whole programs (they write run directories and train for minutes): tests/test_cli.py and
+    # the meta-test of cmo run them
+    "cmo_rl.cli.main",
+    "cmo_rl.cli.train",
+    "cmo_rl.meta_eval.baseline_runs",
 }
 
 
