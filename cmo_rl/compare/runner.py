@@ -1,0 +1,318 @@
+"""Run planned runs as subprocesses: reuse finished ones, contain and report crashes.
+
+A run is **done** (:func:`run_state` returns ``"done"``) when its ``status.json`` says so with
+the planned run's fingerprint, and its run directory holds ``metrics.csv`` and a final
+checkpoint (``checkpoints/step_<final step>.pt``). A done run is reused, never recomputed.
+Anything else is run (again) from scratch: a missing, crashed, interrupted or differently
+configured run has its directory cleared first (the program writes a fresh run directory).
+
+A run **crashes** when the program exits non-zero, is killed, exceeds ``timeout_s`` or exits 0
+without leaving the files above; ``status.json`` then holds the exit code, the reason and the
+path of ``log.txt`` (stdout + stderr), and the console gets one line with that path.
+
+:func:`execute` runs them sequentially, or ``jobs`` at a time with a
+:class:`concurrent.futures.ThreadPoolExecutor` whose threads each wait on one subprocess
+(Hydra's joblib launcher is not installed here; the runs are processes either way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cmo_rl.compare.plan import RunSpec, describe
+
+__all__ = [
+    "RunResult",
+    "collect",
+    "execute",
+    "find_run_dir",
+    "read_status",
+    "run_state",
+]
+
+STATUS_FILE = "status.json"
+COMMAND_FILE = "command.json"
+LOG_FILE = "log.txt"
+_TAIL_CHARS = 1500
+
+
+@dataclass
+class RunResult:
+    """What became of one planned run.
+
+    Attributes:
+        spec: the planned run.
+        status: ``"done"``, ``"reused"`` (done earlier), ``"crashed"``, ``"blocked"`` or
+            ``"missing"`` (:func:`collect` only: not run yet).
+        run_dir: the program's run directory (with ``metrics.csv``), when there is one.
+        returncode: the exit code (``None`` when it was not run now or timed out).
+        reason: why it crashed or is blocked.
+        log: the path of its ``log.txt``.
+        wall_s: seconds the subprocess ran.
+
+    >>> from cmo_rl.compare.plan import Budget, plan_runs
+    >>> spec = plan_runs(study_dir="/tmp/s", tasks=["MockCMDP-v0"], methods=["cpo"], seeds=[0],
+    ...                  budget=Budget(400, 4, 25))[0]
+    >>> RunResult(spec, "crashed", reason="exit code 1").ok
+    False
+    """
+
+    spec: RunSpec
+    status: str
+    run_dir: Path | None = None
+    returncode: int | None = None
+    reason: str | None = None
+    log: Path | None = None
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run has results (``done`` or ``reused``)."""
+        return self.status in ("done", "reused")
+
+
+def find_run_dir(directory: str | os.PathLike) -> Path | None:
+    """The program's run directory under a planned run's directory: the newest folder holding
+    a ``metrics.csv`` (``<run name>/<task>/<timestamp>/``), or ``None``.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     run = Path(d, "cpo", "MockCMDP-v0", "20250101-000000")
+    ...     run.mkdir(parents=True)
+    ...     _ = (run / "metrics.csv").write_text("step\\n")
+    ...     find_run_dir(d) == run
+    True
+    """
+    found = sorted(Path(directory).glob("*/*/*/metrics.csv"), key=lambda p: p.parent.name)
+    return found[-1].parent if found else None
+
+
+def read_status(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``status.json`` of a planned run's directory, or ``None`` (missing or unreadable).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = Path(d, "status.json").write_text('{"status": "done"}')
+    ...     read_status(d)["status"], read_status(d + "/nothing")
+    ('done', None)
+    """
+    path = Path(directory) / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _final_checkpoint(run_dir: Path, final_step: int) -> bool:
+    return (run_dir / "checkpoints" / f"step_{int(final_step):012d}.pt").is_file()
+
+
+def run_state(spec: RunSpec) -> str:
+    """``"done"`` (reusable), ``"crashed"`` (its last attempt crashed) or ``"missing"`` (never
+    run, interrupted, or run with another configuration).
+
+    >>> from cmo_rl.compare.plan import Budget, plan_runs
+    >>> spec = plan_runs(study_dir="/nonexistent", tasks=["MockCMDP-v0"], methods=["cpo"],
+    ...                  seeds=[0], budget=Budget(400, 4, 25))[0]
+    >>> run_state(spec)
+    'missing'
+    """
+    status = read_status(spec.directory)
+    if status is None or status.get("fingerprint") != spec.fingerprint:
+        return "missing"
+    if status.get("status") == "crashed":
+        return "crashed"
+    if status.get("status") != "done":
+        return "missing"
+    run_dir = find_run_dir(spec.directory)
+    if run_dir is None or not _final_checkpoint(run_dir, spec.final_step):
+        return "missing"
+    return "done"
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _TAIL_CHARS))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _run_one(spec: RunSpec, timeout_s: float | None, env: dict[str, str] | None) -> RunResult:
+    if spec.directory.exists():
+        shutil.rmtree(spec.directory)
+    spec.directory.mkdir(parents=True)
+    log = spec.directory / LOG_FILE
+    _write_json(spec.directory / COMMAND_FILE, describe(spec))
+    start = time.perf_counter()
+    returncode: int | None = None
+    reason: str | None = None
+    with open(log, "wb") as out:
+        try:
+            proc = subprocess.run(
+                spec.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(Path.cwd()),
+                env=env,
+                timeout=timeout_s,
+                check=False,
+            )
+            returncode = proc.returncode
+        except subprocess.TimeoutExpired:
+            reason = f"timed out after {timeout_s:g} s (killed)"
+    wall = time.perf_counter() - start
+    run_dir = find_run_dir(spec.directory)
+    if reason is None and returncode != 0:
+        reason = f"exit code {returncode}"
+    if reason is None and run_dir is None:
+        reason = "exited 0 but wrote no metrics.csv"
+    if reason is None and not _final_checkpoint(run_dir, spec.final_step):
+        reason = f"exited 0 but left no final checkpoint in {run_dir / 'checkpoints'}"
+    status = "crashed" if reason else "done"
+    _write_json(
+        spec.directory / STATUS_FILE,
+        {
+            "status": status,
+            "fingerprint": spec.fingerprint,
+            "returncode": returncode,
+            "reason": reason,
+            "log": str(log),
+            "run_dir": str(run_dir) if run_dir else None,
+            "wall_s": wall,
+            "log_tail": _tail(log) if reason else "",
+        },
+    )
+    return RunResult(spec, status, run_dir, returncode, reason, log, wall)
+
+
+def _previous(spec: RunSpec) -> RunResult:
+    status = read_status(spec.directory) or {}
+    return RunResult(
+        spec,
+        "reused",
+        find_run_dir(spec.directory),
+        status.get("returncode"),
+        None,
+        spec.directory / LOG_FILE,
+        float(status.get("wall_s", 0.0)),
+    )
+
+
+def collect(specs: Sequence[RunSpec]) -> list[RunResult]:
+    """The results on disk, running nothing: ``reused`` (done), ``crashed`` (with the reason and
+    log of its last attempt), ``blocked``, or ``missing`` (never run or interrupted).
+
+    >>> import tempfile
+    >>> from cmo_rl.compare.plan import Budget, plan_runs
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     specs = plan_runs(study_dir=d, tasks=["MockCMDP-v0"], methods=["cpo"], seeds=[0, 1],
+    ...                       budget=Budget(400, 4, 25))
+    ...     [r.status for r in collect(specs)]
+    ['missing', 'missing']
+    """
+    out = []
+    for spec in specs:
+        state = "blocked" if spec.blocked else run_state(spec)
+        if state == "done":
+            out.append(_previous(spec))
+        elif state == "blocked":
+            out.append(RunResult(spec, "blocked", reason=spec.blocked))
+        elif state == "crashed":
+            status = read_status(spec.directory) or {}
+            out.append(
+                RunResult(
+                    spec,
+                    "crashed",
+                    find_run_dir(spec.directory),
+                    status.get("returncode"),
+                    status.get("reason"),
+                    Path(status.get("log") or spec.directory / LOG_FILE),
+                    float(status.get("wall_s", 0.0)),
+                )
+            )
+        else:
+            out.append(RunResult(spec, "missing", reason="not run (or interrupted)"))
+    return out
+
+
+def execute(
+    specs: Sequence[RunSpec],
+    *,
+    jobs: int = 1,
+    timeout_s: float | None = None,
+    env: dict[str, str] | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[RunResult]:
+    """Run every spec that is not done yet; returns one :class:`RunResult` per spec, in order.
+
+    Args:
+        specs: the planned runs.
+        jobs: subprocesses at a time (1: sequential).
+        timeout_s: wall-clock limit per run (``None``: none); a run over it is killed and
+            reported as crashed.
+        env: the subprocesses' environment (``None``: this process's).
+        echo: where the one-line progress and crash reports go.
+
+    >>> import tempfile
+    >>> from cmo_rl.compare.plan import Budget, plan_runs
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     spec = plan_runs(study_dir=d, tasks=["MockCMDP-v0"], methods=["meta_pid"], seeds=[0],
+    ...                      budget=Budget(400, 4, 25))[0]  # no checkpoint: blocked
+    ...     [(r.status, r.reason) for r in execute([spec], echo=lambda s: None)]
+    [('blocked', 'no meta-trained pid checkpoint')]
+    """
+    if int(jobs) < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    results: list[RunResult | None] = [None] * len(specs)
+    todo = []
+    for i, spec in enumerate(specs):
+        if spec.blocked:
+            results[i] = RunResult(spec, "blocked", reason=spec.blocked)
+            echo(f"blocked  {spec.key}: {spec.blocked}")
+        elif run_state(spec) == "done":
+            results[i] = _previous(spec)
+        else:
+            todo.append(i)
+    reused = sum(r is not None and r.status == "reused" for r in results)
+    echo(f"{len(specs)} runs: {reused} reused, {len(todo)} to run, {jobs} at a time")
+    counter = {"finished": 0}
+
+    def work(i: int) -> RunResult:
+        spec = specs[i]
+        echo(f"start    {spec.key}")
+        result = _run_one(spec, timeout_s, env)
+        counter["finished"] += 1
+        n = f"[{counter['finished']}/{len(todo)}]"
+        if result.ok:
+            echo(f"done     {spec.key} in {result.wall_s:.0f} s {n}")
+        else:
+            echo(f"CRASHED  {spec.key}: {result.reason}; log: {result.log} {n}")
+        return result
+
+    if int(jobs) == 1:
+        for i in todo:
+            results[i] = work(i)
+    else:
+        with ThreadPoolExecutor(max_workers=int(jobs)) as pool:
+            for i, result in zip(todo, pool.map(work, todo)):
+                results[i] = result
+    return [r for r in results if r is not None]
