@@ -55,6 +55,7 @@ def links(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+@functools.cache
 def anchors(path: Path) -> set[str]:
     """GitHub's heading anchors of a markdown file (duplicates get ``-1``, ``-2``, ...)."""
     builder = _load_builder()
