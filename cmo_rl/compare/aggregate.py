@@ -330,7 +330,8 @@ def plot_study(
                 out / f"{prefix}scatter_{_slug(task)}.png",
                 return_key="eval_return",
                 cost_key="eval_cost",
-                title=f"{task}: final evaluation, mean and 95% CI over seeds{suffix}",
+                title=f"{task}\nfinal evaluation (mean, 95% CI over seeds)"
+                + (f"\n{budget_note}" if budget_note else ""),
             )
         )
     return paths
