@@ -410,6 +410,10 @@ class MetaTrainer:
         self.config = dict(config) if config is not None else {}
         self.outer_optimizer = torch.optim.Adam(meta_optimizer.parameters(), lr=meta_lr)
         self.iteration = 0
+        #: ``None``: the tasks run one after another (:meth:`run_task`); else a callable
+        #: ``runner(trainer, seeds) -> [run_task-like summary per seed]`` that also leaves the
+        #: tasks' summed meta-gradient in ``.grad`` (e.g. ``cmo_rl.training.parallel.TaskPool``).
+        self.task_runner: Callable[[MetaTrainer, list[int]], list[dict[str, float]]] | None = None
         self.generator = torch.Generator().manual_seed(int(seed))
         torch.manual_seed(int(seed))
 
@@ -472,6 +476,39 @@ class MetaTrainer:
     def _meta_params(self) -> list[nn.Parameter]:
         return list(self.meta_optimizer.parameters())
 
+    def run_task(self, seed: int) -> dict[str, float]:
+        """The task of ``seed``: unroll, meta-objective, and ``(-M / meta_batch_size).backward()``
+        into the meta-parameters' ``.grad``; returns the task's (undivided) metrics of
+        :meth:`meta_iteration` and its ``time/collect``, ``time/inner``, ``time/backward``."""
+        problem = self.task_sampler(int(seed))
+        result = bilevel_objective(
+            self.meta_optimizer,
+            problem,
+            inner_steps=self.inner_rollouts,
+            unroll_steps=self.unroll_steps,
+            cost_limit=self.cost_limit,
+            mu=self.mu,
+            violation_scale=self.violation_scale,
+        )
+        t0 = time.perf_counter()
+        loss = -result.objective / self.meta_batch_size
+        if loss.requires_grad:
+            loss.backward(inputs=self._meta_params())
+        t_backward = time.perf_counter() - t0
+        rounds = result.unroll.rounds
+        final = result.final_metrics
+        return {
+            "meta/objective": float(result.objective.detach()),
+            "train/return": final.get("return", float(result.return_estimate.detach())),
+            "train/cost": final.get("cost", float(result.cost_estimate.detach())),
+            "train/lambda": float(result.unroll.lagrange_multiplier.detach()),
+            "train/initial_return": rounds[0].get("return", rounds[0]["return_estimate"]),
+            "train/initial_cost": rounds[0].get("cost", rounds[0]["cost_estimate"]),
+            "time/collect": sum(r["time/round_data"] for r in rounds) + final["time/round_data"],
+            "time/inner": sum(r["time/inner_update"] for r in rounds),
+            "time/backward": t_backward,
+        }
+
     def meta_iteration(self) -> dict[str, float]:
         """One outer step; returns floats: ``meta/objective``, ``train/return``, ``train/cost``,
         ``train/lambda`` (final policy, task means), ``train/initial_return``,
@@ -488,38 +525,16 @@ class MetaTrainer:
         def add(key: str, value: float) -> None:
             sums[key] = sums.get(key, 0.0) + value / self.meta_batch_size
 
-        for seed in seeds.tolist():
-            problem = self.task_sampler(int(seed))
-            result = bilevel_objective(
-                self.meta_optimizer,
-                problem,
-                inner_steps=self.inner_rollouts,
-                unroll_steps=self.unroll_steps,
-                cost_limit=self.cost_limit,
-                mu=self.mu,
-                violation_scale=self.violation_scale,
-            )
-            t0 = time.perf_counter()
-            loss = -result.objective / self.meta_batch_size
-            if loss.requires_grad:
-                loss.backward(inputs=meta_params)
-            t_backward += time.perf_counter() - t0
-            rounds = result.unroll.rounds
-            t_collect += (
-                sum(r["time/round_data"] for r in rounds) + result.final_metrics["time/round_data"]
-            )
-            t_inner += sum(r["time/inner_update"] for r in rounds)
-            add("meta/objective", float(result.objective.detach()))
-            add(
-                "train/return",
-                result.final_metrics.get("return", float(result.return_estimate.detach())),
-            )
-            add(
-                "train/cost", result.final_metrics.get("cost", float(result.cost_estimate.detach()))
-            )
-            add("train/lambda", float(result.unroll.lagrange_multiplier.detach()))
-            add("train/initial_return", rounds[0].get("return", rounds[0]["return_estimate"]))
-            add("train/initial_cost", rounds[0].get("cost", rounds[0]["cost_estimate"]))
+        if self.task_runner is not None:
+            summaries = self.task_runner(self, seeds.tolist())
+        else:
+            summaries = [self.run_task(int(seed)) for seed in seeds.tolist()]
+        for summary in summaries:
+            t_collect += summary.pop("time/collect")
+            t_inner += summary.pop("time/inner")
+            t_backward += summary.pop("time/backward")
+            for key, value in summary.items():
+                add(key, value)
 
         metrics = dict(sums)
         for name, norm in self.meta_optimizer.meta_grad_norms().items():
