@@ -491,10 +491,10 @@ def main() -> None:
     )
     parser.add_argument("--raw-envs", type=int, default=2, help="envs of the a rows, in total")
     parser.add_argument(
-        "--steps", type=int, default=16000, help="min steps per row (rounded up to whole episodes)"
+        "--steps", type=int, default=8000, help="min steps per row (rounded up to whole episodes)"
     )
     parser.add_argument(
-        "--stock-steps", type=int, default=8000, help="min steps per row (Builder, stock resets)"
+        "--stock-steps", type=int, default=4000, help="min steps per row (Builder, stock resets)"
     )
     parser.add_argument("--torchrl-episodes", type=int, default=2, help="episodes of row b")
     parser.add_argument("--cores", type=int, nargs="+", default=[1, 2], choices=[1, 2])
