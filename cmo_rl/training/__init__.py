@@ -5,7 +5,7 @@ module                      what
 ==========================  ========================================================================
 ``collection``              ``make_collector`` (one re-seeded batch per epoch), ``finished_episodes``
 ``onpolicy``                ``compute_advantages``, ``minibatch_epochs`` (KL early stop), learning rates
-``parallel``                collection in worker processes (``multi_sync``) or Ray actors (``ray``)
+``parallel``                collection in worker processes or Ray actors; meta-batch tasks in workers
 ``rollout_eval``            ``evaluate_policy`` (deterministic episodes), ``sync_observation_norm``
 ``guard``                   ``NonFiniteGuard``: skip or stop on NaN/inf losses and gradients
 ``run_state``               checkpoint snapshot/restore, the config of a resumed run
@@ -60,9 +60,11 @@ _LAZY = {
         [
             "BACKENDS",
             "CollectorConfig",
+            "TaskPool",
             "WorkerCollector",
             "WorkerEnv",
             "WorkerSpec",
+            "task_action_seed",
             "worker_action_seed",
             "worker_spec",
         ],
