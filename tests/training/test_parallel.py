@@ -285,3 +285,38 @@ def test_task_pool_workers_reproduce_the_in_process_meta_iteration():
     assert m0 == m2
     assert all(torch.equal(a, b) for a, b in zip(p0, p2))
     assert m0[0]["meta/grad_norm"] > 0 and m0[0] != m0[1]
+
+
+# ------------------------------------------------------------------------------------ recipes
+@pytest.mark.slow  # a recipe run with 2 worker processes: ~40 s here
+@pytest.mark.parametrize("name", ["ppo_lagrangian"])
+def test_recipe_collects_with_worker_processes(name, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+    from hydra import compose, initialize_config_dir
+
+    repo = Path(__file__).resolve().parents[2]
+    source = (repo / "recipes" / f"{name}.py").read_text()
+    if "worker_spec(" not in source:
+        pytest.skip(
+            f"recipes/{name}.py does not pass workers=worker_spec(cfg) to make_collector yet"
+        )
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", repo / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    overrides = [
+        "env_id=MockCMDP-v0", "num_envs=4", "max_episode_steps=25", "steps_per_epoch=200",
+        "total_steps=400", "minibatch_size=50", "update_iters=2", "eval_interval=2",
+        "eval_episodes=2", "cost_limit=3.0", "progress=false", f"run_root={tmp_path}",
+        "collector.backend=multi_sync", "collector.num_workers=2",
+    ]  # fmt: skip
+    with initialize_config_dir(str(repo / "recipes" / "config"), version_base=None):
+        cfg = compose(name, overrides=overrides)
+    validate_config(cfg, module.SCHEMA)
+    run_dir = module.train(cfg)
+    df = pd.read_csv(Path(run_dir) / "metrics.csv")
+    assert df["step"].tolist() == [200, 400]
+    assert df["train/num_episodes"].tolist() == [8, 8]
+    assert df["eval/episode_return"].notna().iloc[-1]
