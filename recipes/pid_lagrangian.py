@@ -45,6 +45,7 @@ from cmo_rl.training.onpolicy import (
     set_lr,
     train_metrics,
 )
+from cmo_rl.training.parallel import worker_spec
 from cmo_rl.training.run import TrainingRun
 from cmo_rl.training.schema import PID, PPO, recipe_schema
 from cmo_rl.training.setup import (
@@ -104,6 +105,7 @@ def train(cfg: DictConfig) -> Path:
         seed=cfg.seed,
         first_epoch=run.epoch,
         device=device,
+        workers=worker_spec(cfg),  # collector.backend=multi_sync|ray: worker processes
     )
     run.attach(
         env,

@@ -37,6 +37,7 @@ from cmo_rl.training.onpolicy import (
     set_lr,
     train_metrics,
 )
+from cmo_rl.training.parallel import worker_spec
 from cmo_rl.training.run import TrainingRun
 from cmo_rl.training.schema import LAGRANGE, PPO, recipe_schema
 from cmo_rl.training.setup import (
@@ -90,6 +91,7 @@ def train(cfg: DictConfig) -> Path:
         seed=cfg.seed,
         first_epoch=run.epoch,
         device=device,
+        workers=worker_spec(cfg),  # collector.backend=multi_sync|ray: worker processes
     )
     run.attach(
         env,
