@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from recipe_helpers import RECIPES, TINY, metrics, run_cli, the_run
+from recipe_helpers import RECIPES, TINY, metrics, run_cli, the_run, train
 
 from cmo_rl.checkpoint import latest_checkpoint, load_checkpoint
+from cmo_rl.training.guard import NonFiniteError
 
 _ALGORITHM_COLUMNS = {
     "ppo_lagrangian": ["train/loss_objective", "train/clip_fraction", "train/kl", "train/entropy"],
@@ -76,3 +77,14 @@ def test_recipe_cli_on_a_safety_gymnasium_task(tmp_path):
     assert df["train/num_episodes"].tolist() == [2, 2]
     assert df["eval/episode_length"].tolist() == [20.0, 20.0]
     assert df["train/episode_cost"].ge(0).all() and df["train/lambda"].ge(0).all()
+
+
+def test_nan_policy_skip_counts_and_raise_stops(tmp_path):
+    blow_up = [*TINY, "lr=1e30"]  # the first Adam step makes the weights non-finite
+    run = train("ppo_lagrangian", [*blow_up, f"run_root={tmp_path / 'skip'}"])
+    skipped = metrics(run)["train/skipped_updates"].tolist()
+    assert skipped[0] >= 1 and skipped[1:] == [8, 8]  # every later minibatch (2 x 4) skipped
+    with pytest.raises(NonFiniteError, match="non-finite loss_objective=nan"):
+        train("ppo_lagrangian", [*blow_up, "nan_policy=raise", f"run_root={tmp_path / 'raise'}"])
+    stopped = the_run(tmp_path / "raise", "ppo_lagrangian")
+    assert load_checkpoint(latest_checkpoint(stopped))["step"] == 0  # the last good state
