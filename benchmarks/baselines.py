@@ -12,7 +12,7 @@ in its own process (one torch thread each), then summarises every run's ``metric
 and prints a markdown table (also written, with the commands, to
 ``<run-root>/baselines_summary.json``). The run recorded in ``docs/results.md``::
 
-    python benchmarks/baselines.py --steps 400000 --parallel 2
+    python benchmarks/baselines.py --steps 300000 --parallel 3
 
 Any other recipe option can be passed through with ``--set key=value`` (repeatable).
 """
