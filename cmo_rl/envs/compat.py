@@ -88,6 +88,20 @@ def ndarray_defaults_as_factories() -> Iterator[None]:
                 del dataclasses._cmo_original_process_class
 
 
+def _silence_adroit_notice() -> None:
+    """Drop gymnasium-robotics' import-time stderr notice about its Adroit hand tasks.
+
+    safety-gymnasium imports gymnasium-robotics, whose ``__init__`` prints a notice (from
+    ``farama_notifications``) about reward changes of ``AdroitHand*`` tasks that cmo_rl never uses.
+    It would otherwise precede every one-line error message of the recipes.
+    """
+    try:
+        import farama_notifications
+    except ImportError:  # pragma: no cover - an optional dependency of gymnasium-robotics
+        return
+    farama_notifications.notifications.pop("gymnasium_robotics", None)
+
+
 class _ShimLoader(importlib.abc.Loader):
     """Delegates to the real loader, executing the module inside the shim context."""
 
@@ -98,6 +112,8 @@ class _ShimLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
+        if module.__name__ == _PACKAGE:
+            _silence_adroit_notice()
         with ndarray_defaults_as_factories():
             self._loader.exec_module(module)
 
