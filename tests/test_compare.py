@@ -204,6 +204,7 @@ def test_a_crashed_run_is_reported_with_its_log_and_retried_next_time(fake):
     assert row["crashed_runs"] == f"seed1: exit code 3 (log: {bad.log})"
     assert row["eval_return"] == 4.0 and math.isnan(row["eval_return_ci95"])
     md = format_markdown(table)
+    assert row["wall_s"] == pytest.approx(ok.wall_s) and row["wall_s"] > 0
     assert "| 1/2 |" in md and f"- CPO seed1: exit code 3 (log: {bad.log})" in md
 
     # without running anything, collect() reports the same crash
@@ -320,6 +321,7 @@ def test_all_crashed_method_keeps_its_row(tmp_path):
     )
     assert math.isnan(row["eval_return"])
     assert "| CPO | - | - |" in format_markdown(table)
+    assert math.isnan(table.iloc[0]["wall_s"])  # hand-made runs have no wall time
     paths = plot_study([table_run for table_run in [_run(0, "ppo", [1.0, 2.0], [0.0, 0.0], 2.0, 0.0)]],
                        table, 25.0, tmp_path, prefix="x_")  # fmt: skip
     assert [p.name for p in paths] == ["x_curves_T.png", "x_scatter_T.png"]

@@ -125,7 +125,7 @@ def comparison_table(
     Columns: ``task``, ``method``, ``label``, ``seeds`` (finished), ``crashed`` (crashed or
     blocked), ``crashed_runs`` (``seed<k>: <reason> (log: <path>)``, ``"; "``-joined), every
     :data:`RUN_METRICS` name and its ``<name>_ci95`` (NaN with fewer than 2 finished seeds),
-    ``final_step``.
+    ``final_step`` and ``wall_s`` (seconds per run, of the subprocess; NaN if unknown).
 
     >>> from types import SimpleNamespace as NS
     >>> def run(seed, ret, ok=True):
@@ -169,7 +169,10 @@ def comparison_table(
             "crashed": len(crashed),
             "crashed_runs": "; ".join(crashed),
         }
-        for key, _ in (*RUN_METRICS, ("final_step", "")):
+        walls = [float(getattr(r, "wall_s", math.nan) or math.nan) for r in members if r.ok]
+        for summary, wall in zip(summaries, walls):
+            summary["wall_s"] = wall
+        for key, _ in (*RUN_METRICS, ("final_step", ""), ("wall_s", "")):
             values = np.array([s[key] for s in summaries], dtype=np.float64)
             if values.size == 0 or np.isnan(values).any():
                 row[key], row[f"{key}_ci95"] = math.nan, math.nan
@@ -197,8 +200,8 @@ def format_markdown(
     notes: Mapping[str, str] | None = None,
 ) -> str:
     """Markdown: per task a ``###`` heading (plus ``notes[task]`` in parentheses) and a table
-    (rows: methods; cells: mean ± 95% CI half-width over seeds; ``seeds``: finished/planned),
-    then the crashed runs with their logs.
+    (rows: methods; cells: mean ± 95% CI half-width over seeds; ``s/run``: mean wall-clock
+    seconds per run; ``seeds``: finished/planned), then the crashed runs with their logs.
 
     >>> t = pd.DataFrame({"task": ["T"], "method": ["cpo"], "label": ["CPO"], "seeds": [2],
     ...     "crashed": [1], "crashed_runs": ["seed2: exit code 1 (log: l.txt)"],
@@ -206,9 +209,9 @@ def format_markdown(
     >>> print(format_markdown(t, metrics=[("eval_return", "eval return")]))
     ### T
     <BLANKLINE>
-    | method | eval return | seeds |
-    |---|---|---|
-    | CPO | 12.3 ± 1.5 | 2/3 |
+    | method | eval return | s/run | seeds |
+    |---|---|---|---|
+    | CPO | 12.3 ± 1.5 | - | 2/3 |
     <BLANKLINE>
     Crashed runs (not in the means):
     <BLANKLINE>
@@ -220,8 +223,8 @@ def format_markdown(
         rows = table[table["task"] == task]
         note = f" ({notes[task]})" if notes.get(task) else ""
         lines = [f"### {task}{note}", ""]
-        lines.append("| method | " + " | ".join(h for _, h in metrics) + " | seeds |")
-        lines.append("|---" * (len(metrics) + 2) + "|")
+        lines.append("| method | " + " | ".join(h for _, h in metrics) + " | s/run | seeds |")
+        lines.append("|---" * (len(metrics) + 3) + "|")
         crashes = []
         for _, row in rows.iterrows():
             cells = [
@@ -229,6 +232,8 @@ def format_markdown(
                 for k, _ in metrics
             ]
             planned = int(row["seeds"]) + int(row["crashed"])
+            wall = float(row.get("wall_s", math.nan))
+            cells.append(f"{wall:.0f}" if math.isfinite(wall) else "-")
             lines.append(
                 f"| {row['label']} | " + " | ".join(cells) + f" | {row['seeds']}/{planned} |"
             )
