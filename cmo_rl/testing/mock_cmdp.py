@@ -64,7 +64,9 @@ class MockCMDPEnv(EnvBase):
             shape=shape,
             device=self.device,
         )
-        self.action_spec = Bounded(-1.0, 1.0, shape=(*shape, 1), dtype=torch.float32, device=self.device)
+        self.action_spec = Bounded(
+            -1.0, 1.0, shape=(*shape, 1), dtype=torch.float32, device=self.device
+        )
         self.reward_spec = Composite(
             reward=Unbounded(shape=(*shape, 1), dtype=torch.float32, device=self.device),
             cost=Unbounded(shape=(*shape, 1), dtype=torch.float32, device=self.device),
