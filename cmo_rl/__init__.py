@@ -130,6 +130,7 @@ _LAZY = {
             "run_frozen",
             "squash",
             "surrogate_estimates",
+            "swapped_params",
             "unflatten_params",
             "unroll",
             "values_and_grads",

@@ -37,6 +37,7 @@ from cmo_rl.meta.functional import (
     params_of,
     require_grad,
     surrogate_estimates,
+    swapped_params,
     unflatten_params,
     values_and_grads,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "run_frozen",
     "squash",
     "surrogate_estimates",
+    "swapped_params",
     "unflatten_params",
     "unroll",
     "values_and_grads",

@@ -19,7 +19,8 @@ with the recurrent state ``s`` carried explicitly in a TensorDict (``"meta_state
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -37,9 +38,40 @@ __all__ = [
     "params_of",
     "require_grad",
     "surrogate_estimates",
+    "swapped_params",
     "unflatten_params",
     "values_and_grads",
 ]
+
+
+@contextlib.contextmanager
+def swapped_params(params: TensorDictBase, module: nn.Module) -> Iterator[nn.Module]:
+    """``params.to_module(module, preserve_module_state=False)`` as a context that lets exceptions through.
+
+    tensordict 0.14.3's own context returns a TensorDict from ``__exit__``; when an exception
+    (a ``KeyboardInterrupt`` from Ctrl-C or SIGTERM, say) passes through the block, Python tests
+    that value for truthiness and raises ``RuntimeError: Converting a tensordict to boolean value
+    is not permitted`` instead, hiding the original exception. This wrapper restores the module's
+    own parameters on exit either way and re-raises the original exception unchanged.
+
+    >>> layer = torch.nn.Linear(2, 1)
+    >>> zeros = params_of(layer).zero_()
+    >>> with swapped_params(zeros, layer):
+    ...     float(layer(torch.ones(2)).sum())
+    0.0
+    >>> try:
+    ...     with swapped_params(zeros, layer):
+    ...         raise KeyboardInterrupt
+    ... except KeyboardInterrupt:
+    ...     print("original exception kept")
+    original exception kept
+    """
+    context = params.to_module(module, preserve_module_state=False)
+    context.__enter__()
+    try:
+        yield module
+    finally:
+        context.__exit__(None, None, None)
 
 
 def params_of(module: nn.Module) -> TensorDict:
@@ -224,7 +256,7 @@ def log_prob_of(actor: nn.Module, params: TensorDictBase, batch: TensorDictBase)
     >>> log_prob.shape, bool(torch.allclose(log_prob, batch["action_log_prob"]))
     (torch.Size([2, 3]), True)
     """
-    with params.to_module(actor, preserve_module_state=False):
+    with swapped_params(params, actor):
         dist = actor.get_dist(batch.copy())
     log_prob = dist.log_prob(batch["action"])
     if log_prob.shape != batch.shape:  # per-dimension log-probs: sum over the action dims

@@ -37,7 +37,7 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from cmo_rl.meta.bilevel import InnerRound
-from cmo_rl.meta.functional import log_prob_of, params_of, surrogate_estimates
+from cmo_rl.meta.functional import log_prob_of, params_of, surrogate_estimates, swapped_params
 from cmo_rl.objectives.lagrangian import make_value_estimators
 
 __all__ = ["ContextualBanditCMDP", "RolloutCMDP"]
@@ -131,7 +131,7 @@ class ContextualBanditCMDP:
 
     def action_probs(self, params: TensorDictBase) -> Tensor:
         """``pi_theta(a|s)``, ``[S, A]``, differentiable in ``params``."""
-        with params.to_module(self.policy, preserve_module_state=False):
+        with swapped_params(params, self.policy):
             logits = self.policy(self.features)
         return logits.softmax(-1)
 
@@ -234,7 +234,7 @@ class RolloutCMDP:
         mode = ExplorationType.DETERMINISTIC if deterministic else ExplorationType.RANDOM
         with (
             torch.no_grad(),
-            params.detach().to_module(self.actor, preserve_module_state=False),
+            swapped_params(params.detach(), self.actor),
             set_exploration_type(mode),
         ):
             return self.env.rollout(self.episode_length, self.actor, break_when_any_done=False)
