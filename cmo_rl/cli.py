@@ -23,7 +23,8 @@ One run (:func:`train`):
    seeds (:mod:`cmo_rl.meta_eval`); the before/after table is printed and saved as
    ``meta_test.txt`` / ``meta_test.csv``; optionally PPO-Lag and PID-Lag on the same budget;
 5. plots: ``plots/meta_training.png`` (meta-objective, return and cost per task, PID gains)
-   and ``plots/meta_test.png`` (per-round return and cost of the meta-test runs).
+   and ``plots/meta_test_return.png``, ``plots/meta_test_cost.png`` (per task: mean over seeds
+   after each inner round of the meta-test runs, initial vs learned).
 
 Exit codes: 0 done, 2 bad config (or an unreadable checkpoint to resume), 3 non-finite
 meta-gradient with ``nan_policy=raise``, 130 / 143 Ctrl-C / SIGTERM (after the checkpoint).
@@ -281,14 +282,33 @@ class TaskRecorder:
 
     The last ``sample_round`` of a task in :func:`cmo_rl.meta.bilevel_objective` is the fresh
     batch of the final policy, so its ``return`` / ``cost`` are the task's ``J_R``, ``J_C``.
+
+    With ``num_envs`` given (``balanced_tasks``), the ``n``-th task asked for uses env id
+    ``n mod num_envs`` instead of one drawn from its seed: a meta-batch whose size is a multiple
+    of ``len(env_ids)`` holds every task equally often (stratified sampling: the same expected
+    meta-gradient, without the variance of the task mix). ``count`` is the number of tasks
+    built so far (``iteration * meta_batch_size``; restored on resume).
+
+    >>> import functools
+    >>> from cmo_rl.meta import RolloutTaskSampler
+    >>> from cmo_rl.testing import MockCMDPEnv
+    >>> envs = [functools.partial(MockCMDPEnv, episode_length=e) for e in (3, 4)]
+    >>> recorder = TaskRecorder(RolloutTaskSampler(envs, episode_length=3), num_envs=2)
+    >>> [recorder(seed).problem.env.episode_length for seed in (5, 5, 5)], recorder.count
+    ([3, 4, 3], 3)
     """
 
-    def __init__(self, sampler: Any) -> None:
+    def __init__(self, sampler: Any, num_envs: int | None = None, count: int = 0) -> None:
         self.sampler = sampler
+        self.num_envs = num_envs
+        self.count = int(count)
         self._tasks: list[_RecordedTask] = []
 
     def __call__(self, seed: int, env_index: int | None = None) -> _RecordedTask:
+        if env_index is None and self.num_envs:
+            env_index = self.count % self.num_envs
         task = _RecordedTask(self.sampler(seed, env_index))
+        self.count += 1
         self._tasks.append(task)
         return task
 
@@ -476,7 +496,8 @@ def train(
     _seed_everything(int(c.seed))
     trainer = MetaTrainer.from_config(trainer_config(c))
     initial = copy.deepcopy(trainer.meta_optimizer)
-    recorder = TaskRecorder(trainer.task_sampler)
+    balanced = len(c.env_ids) if c.balanced_tasks else None
+    recorder = TaskRecorder(trainer.task_sampler, num_envs=balanced)
     window = MetricWindow()
     env_steps, time_base = 0, 0.0
     if state is not None:
@@ -487,6 +508,7 @@ def train(
         except (RuntimeError, KeyError, ValueError) as err:
             raise ConfigError([f"resume: the checkpoint does not fit this config: {err}"]) from None
         env_steps, time_base = int(state["env_steps"]), float(state["time_total"])
+        recorder.count = trainer.iteration * trainer.meta_batch_size
     sampler = trainer.task_sampler
     trainer.task_sampler = recorder
     total = int(c.total_meta_iters)
@@ -755,18 +777,19 @@ def _plot_meta_test(rows: list[dict[str, Any]], out_png: Path, cost_limit: float
         n = len(next(iter(columns.values())))
         frames[label] = pd.DataFrame({"round": list(range(n)), **columns})
     names = [c for c in frames["learned"].columns if c != "round"]
-    try:
-        plot_learning_curves(
-            frames,
-            out_png,
-            x="round",
-            metrics=[(name, name.split("/")[1]) for name in names],
-            cost_limit=cost_limit,
-            title="meta-test: mean over seeds of the policy after k frozen-optimizer updates",
-            x_label="inner round",
-        )
-    except Exception as err:  # a plot must never hide the run's own outcome
-        warnings.warn(f"could not plot the meta-test: {err}", RuntimeWarning, stacklevel=2)
+    for metric in ("return", "cost"):
+        try:
+            plot_learning_curves(
+                frames,
+                out_png.with_name(f"{out_png.stem}_{metric}.png"),
+                x="round",
+                metrics=[(n, metric) for n in names if n.split("/")[1] == metric],
+                cost_limit=cost_limit,
+                title=f"meta-test: mean {metric} over seeds after k frozen-optimizer updates",
+                x_label="inner round",
+            )
+        except Exception as err:  # a plot must never hide the run's own outcome
+            warnings.warn(f"could not plot the meta-test: {err}", RuntimeWarning, stacklevel=2)
 
 
 def _plot(run_dir: Path, cost_limit: float, recipe: str, c: TrackedConfig) -> None:

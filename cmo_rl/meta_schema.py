@@ -15,8 +15,8 @@
 ... except ConfigError as err:
 ...     print(err)
 invalid config (2 problems):
-  - meta_batch_size: got 0, out of range; allowed: int >= 1
   - meta_optimizer_type: got 'lsmt', allowed: one of ['lstm', 'pid'] (did you mean 'lstm'?)
+  - meta_batch_size: got 0, out of range; allowed: int >= 1
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from cmo_rl.config import ConfigError, Field, device_check, env_id_check, validate_config
 
@@ -33,6 +35,7 @@ __all__ = [
     "MOCK_ENV_ID",
     "RESUMABLE_KEYS",
     "SCHEMA",
+    "by_optimizer_type",
     "check_meta_config",
 ]
 
@@ -43,6 +46,26 @@ DEFAULT_CONFIG = CONF_DIR / "default.yaml"
 MOCK_ENV_ID = "MockCMDP-v0"
 
 _env_id = env_id_check(MOCK_ENV_ID)
+
+
+def by_optimizer_type(kind: str, lstm: Any, pid: Any) -> Any:
+    """OmegaConf resolver ``${by_type:${meta_optimizer_type},<lstm value>,<pid value>}``.
+
+    A preset value that depends on the meta-optimizer type, e.g. ``meta_lr``: Adam moves every
+    meta-parameter by about ``meta_lr`` per step, a relative change for the PID's 5 log-gains
+    but an absolute one for each of the LSTM's thousands of weights. Registered on import of
+    this module (the ``cmo`` program imports it before Hydra composes the config).
+
+    >>> from omegaconf import OmegaConf
+    >>> cfg = OmegaConf.create({"meta_optimizer_type": "pid",
+    ...                         "meta_lr": "${by_type:${meta_optimizer_type},0.02,0.15}"})
+    >>> cfg.meta_lr, OmegaConf.merge(cfg, {"meta_optimizer_type": "lstm"}).meta_lr
+    (0.15, 0.02)
+    """
+    return pid if kind == "pid" else lstm
+
+
+OmegaConf.register_new_resolver("by_type", by_optimizer_type, replace=True)
 
 
 def env_ids_check(values: list) -> bool:
@@ -102,6 +125,7 @@ SCHEMA: dict[str, Any] = {
     "eval_env_ids": Field(list, items=str, check=env_ids_check),
     "vector_envs_per_task": Field(int, ge=1),
     "episode_length": Field(int, ge=1),
+    "balanced_tasks": Field(bool),
     # meta-optimizer
     "meta_optimizer_type": Field(str, choices=("lstm", "pid")),
     "hidden_size": Field(int, ge=1),

@@ -118,7 +118,7 @@ def test_cli_smoke_run_on_the_mock_cmdp(tmp_path):
     ]
     assert state["config"]["meta_optimizer_type"] == "pid"
     assert yaml.safe_load((run / "config.yaml").read_text())["env_ids"] == ["MockCMDP-v0"]
-    for png in ("meta_training.png", "meta_test.png"):
+    for png in ("meta_training.png", "meta_test_return.png", "meta_test_cost.png"):
         assert (run / "plots" / png).stat().st_size > 1000
     assert list((run / "tensorboard").iterdir())
     table = (run / "meta_test.txt").read_text()
@@ -344,7 +344,7 @@ def test_sigterm_checkpoints_and_resume_continues_identically(tmp_path):
     assert proc.returncode == 143, err.decode()[-2000:]
     run = the_run(tmp_path / "cut")
     step = load_checkpoint(latest_checkpoint(run))["step"]
-    assert 3 <= step < 30
+    assert 2 <= step < 30  # row 3 is logged just before its snapshot is taken
     out = run_cmo([*args, "run_root=cut", f"resume={run}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"resumed {run} at meta-iteration {step}" in out.stdout

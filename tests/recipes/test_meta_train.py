@@ -80,14 +80,14 @@ def test_the_recipe_script_is_the_cmo_program(tmp_path):
 
 def test_meta_training_on_a_real_velocity_task(tmp_path):
     args = [
-        "env_ids=[SafetyHalfCheetahVelocity-v1]",
-        "eval_env_ids=[SafetySwimmerVelocity-v1]",
+        "env_ids=[SafetyHalfCheetahVelocity-v1,SafetySwimmerVelocity-v1]",
+        "eval_env_ids=[SafetyHopperVelocity-v1]",
         "episode_length=10",
         "vector_envs_per_task=2",
         "hidden_layers=[8]",
         "meta_optimizer_type=pid",
         "total_meta_iters=2",
-        "meta_batch_size=1",
+        "meta_batch_size=2",
         "inner_rollouts=2",
         "unroll_steps=2",
         "critic_steps=1",
@@ -106,16 +106,20 @@ def test_meta_training_on_a_real_velocity_task(tmp_path):
     )
     df = pd.read_csv(run / "metrics.csv")
     assert df["step"].tolist() == [1, 2]
-    assert df["meta/env_steps"].tolist() == [60, 120]  # (2 rounds + final batch) x 2 envs x 10
-    assert df["meta/cost/SafetyHalfCheetahVelocity-v1"].ge(0).all()
+    # 2 tasks x (2 rounds + final batch) x 2 envs x 10 steps per meta-iteration
+    assert df["meta/env_steps"].tolist() == [120, 240]
+    # balanced_tasks: every meta-batch of 2 holds both training tasks
+    for env_id in ("SafetyHalfCheetahVelocity-v1", "SafetySwimmerVelocity-v1"):
+        assert df[f"meta/cost/{env_id}"].ge(0).all() and df[f"meta/return/{env_id}"].notna().all()
     assert df["meta/grad_norm"].notna().all() and df["meta/KP"].gt(0).all()
     rows = pd.read_csv(run / "meta_test.csv")
     assert set(zip(rows["env_id"], rows["split"])) == {
         ("SafetyHalfCheetahVelocity-v1", "train"),
-        ("SafetySwimmerVelocity-v1", "held-out"),
+        ("SafetySwimmerVelocity-v1", "train"),
+        ("SafetyHopperVelocity-v1", "held-out"),
     }
     assert rows["eval_cost"].ge(0).all() and rows["cost"].ge(0).all()
-    assert "eval/episode_return/SafetySwimmerVelocity-v1" in df.columns
+    assert "eval/episode_return/SafetyHopperVelocity-v1" in df.columns
     assert "cost limit d = 0.25 per 10-step episode (= 25 per 1000 steps)" in out.stdout
 
 
