@@ -16,7 +16,8 @@
 3. **Aggregation** (``cmo_rl.compare.aggregate``): ``<study>/summary.md`` and ``summary.csv``
    (per task and method, mean ± 95% CI over seeds of the final eval return/cost, penalized
    return, training-curve satisfaction rate, cumulative violation, overshoot, oscillation, AUC),
-   and per task the learning curves and the return-vs-cost scatter (PNG).
+   and per task the learning curves and the return-vs-cost scatter (PNG); ``<study>/study.json``
+   records the config, the wall time and every run's status of the last call that ran runs.
 
 Config: ``recipes/config/compare.yaml``. Exit code 0 even when runs crashed (they are in the
 table and the console); 2 for a bad config.
@@ -220,7 +221,8 @@ def main(cfg: DictConfig) -> None:
         "checkpoints": checkpoints,
         "status": {r.spec.key: r.status for r in results},
     }
-    (study_dir / "study.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    if not cfg.aggregate_only:  # keep the record (wall time) of the call that ran the study
+        (study_dir / "study.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
 
     print("\n" + format_markdown(table, notes=notes) + "\n", flush=True)
     bad = [r for r in results if not r.ok]

@@ -77,6 +77,8 @@ def test_compare_runs_reuses_and_reports_crashes_on_the_mock(tmp_path):
     run = study / "MockCMDP-v0" / "meta_pid" / "seed1"
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "done" and Path(status["run_dir"]).parent.name == "MockCMDP-v0"
+    record = json.loads((study / "study.json").read_text())
+    assert record["status"]["MockCMDP-v0/cpo/seed0"] == "crashed" and record["wall_s_this_call"] > 0
     frame = pd.read_csv(Path(status["run_dir"]) / "metrics.csv")
     assert frame["step"].tolist() == [50, 100, 150]
 
