@@ -98,3 +98,18 @@ def test_compare_rejects_a_bad_config_before_any_run(tmp_path):
     assert out.returncode == 2
     assert "methods" in out.stderr and "seeds" in out.stderr and "Traceback" not in out.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_compare_multirun_gives_each_job_its_own_study(tmp_path):
+    # aggregate_only: nothing runs; the planned runs are reported as missing, not dropped
+    args = ["-m", f"run_root={tmp_path}", "tasks=[MockCMDP-v0]", "methods=[cpo]", "seeds=[0]",
+            "num_envs=2", "max_episode_steps=25", "total_steps=100,200", "aggregate_only=true"]  # fmt: skip
+    out = _compare(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for study, updates in (("steps100", 2), ("steps200", 4)):
+        assert f"study {tmp_path / study}: 1 methods x 1 tasks x 1 seeds" in out.stdout
+        assert f"({updates} updates of 50 steps)" in out.stdout
+        summary = (tmp_path / study / "summary.md").read_text()
+        assert "| CPO | - |" in summary and "- CPO seed0: not run (or interrupted)" in summary
+    assert (tmp_path / "multirun" / "multirun.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun", "steps100", "steps200"]
