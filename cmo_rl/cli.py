@@ -716,6 +716,12 @@ def _run_meta_test(
         f"cost limit d = {cost_limit:g} per {horizon}-step episode (= {per_1000:g} per 1000 "
         "steps). 'change' = learned - initial, paired by task and seed, ± 95% CI half-width.",
     ]
+    if hasattr(initial, "gains"):
+        before, after = initial.gains(), trainer.meta_optimizer.gains()
+        header.append(
+            "PID gains, initial -> learned: "
+            + ", ".join(f"{k} {float(before[k]):.3g} -> {float(after[k]):.3g}" for k in before)
+        )
     if mt.compare_baselines:
         header.append(
             f"ppo_lag / pid_lag: the baseline recipes with the same {budget} x {num_envs * horizon}"

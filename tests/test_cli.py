@@ -126,6 +126,7 @@ def test_cli_smoke_run_on_the_mock_cmdp(tmp_path):
     rows = pd.read_csv(run / "meta_test.csv")
     assert sorted(set(rows["optimizer"])) == ["initial", "learned"] and set(rows["seed"]) == {5, 6}
     assert "change" in out.stdout and "[4/4]" in out.stdout
+    assert "PID gains, initial -> learned: KP 0.08 -> " in out.stdout
     # Hydra wrote nothing of its own
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
 
