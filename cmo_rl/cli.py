@@ -720,7 +720,10 @@ def _run_meta_test(
         before, after = initial.gains(), trainer.meta_optimizer.gains()
         header.append(
             "PID gains, initial -> learned: "
-            + ", ".join(f"{k} {float(before[k]):.3g} -> {float(after[k]):.3g}" for k in before)
+            + ", ".join(
+                f"{k} {float(before[k].detach()):.3g} -> {float(after[k].detach()):.3g}"
+                for k in before
+            )
         )
     if mt.compare_baselines:
         header.append(

@@ -13,6 +13,7 @@ timestamps), so ``tests/test_docs.py`` can check that the committed file is up t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import pkgutil
@@ -59,6 +60,11 @@ def _annotation(annotation: Any) -> str:
 
 
 def _default(value: Any) -> str:
+    if isinstance(value, Path) and value.is_absolute():
+        # Absolute paths depend on where the checkout lives; show them from the package's parent.
+        root = Path(__file__).resolve().parent.parent
+        with contextlib.suppress(ValueError):
+            return f"Path('{value.relative_to(root).as_posix()}')  # inside the installed package"
     text = repr(value)
     if re.search(r"0x[0-9a-fA-F]+", text) or len(text) > 60:
         return "..."  # object reprs carry addresses; long containers drown the signature
