@@ -9,8 +9,8 @@
 One run (:func:`train`):
 
 1. the config is checked (:func:`cmo_rl.meta_schema.check_meta_config`; with ``resume``, the
-   run's stored config plus the allowed changes, :data:`~cmo_rl.meta_schema.RESUMABLE_KEYS`)
-   before any work: one message naming every bad key, exit code 2, no traceback;
+   run's stored config plus the allowed changes, :data:`~cmo_rl.meta_schema.RESUMABLE_KEYS`, by
+   the recipes' :func:`~cmo_rl.training.run_state.resolve_resume_config`) before any work: one message naming every bad key, exit code 2, no traceback;
 2. :meth:`cmo_rl.meta.MetaTrainer.from_config` builds the meta-optimizer, the task sampler and
    the outer Adam; a resumed run loads its checkpoint (meta-optimizer, outer Adam, task-seed
    generator, RNG states, iteration, env steps, the partial logging window);
@@ -65,6 +65,7 @@ from cmo_rl.meta_schema import (
     check_meta_config,
 )
 from cmo_rl.signals import graceful_shutdown
+from cmo_rl.training.run_state import resolve_resume_config
 
 __all__ = [
     "TRAINER_KEYS",
@@ -72,7 +73,6 @@ __all__ = [
     "TrackedConfig",
     "check_override_keys",
     "main",
-    "resolve_resume_config",
     "train",
 ]
 
@@ -203,40 +203,6 @@ class EnvFactory:
 
 
 # ------------------------------------------------------------------------------ resume
-def resolve_resume_config(
-    requested: Mapping[str, Any], stored: Mapping[str, Any], explicit: set[str] | None
-) -> dict[str, Any]:
-    """The config of a resumed run: ``stored``, with the ``explicit`` keys of ``requested``
-    that may change (:data:`~cmo_rl.meta_schema.RESUMABLE_KEYS`); an explicit change of any
-    other key is a :class:`ConfigError` (it would not continue the same run).
-
-    ``explicit``: the keys set on the command line (``None``: every key of ``requested``).
-
-    >>> stored = {"seed": 1, "total_meta_iters": 10, "meta_lr": 0.1, "resume": None}
-    >>> resolve_resume_config({**stored, "total_meta_iters": 20, "meta_lr": 0.5, "resume": "r"},
-    ...                       stored, explicit={"total_meta_iters", "resume"})
-    {'seed': 1, 'total_meta_iters': 20, 'meta_lr': 0.1, 'resume': 'r'}
-    """
-    keys = set(requested) if explicit is None else set(explicit) & set(requested)
-    merged = copy.deepcopy(dict(stored))
-    problems = []
-    for key in sorted(keys):
-        if key in RESUMABLE_KEYS:
-            merged[key] = copy.deepcopy(requested[key])
-        elif key not in stored:
-            problems.append(f"{key}: not in the resumed run's config (not a cmo run?)")
-        elif requested[key] != stored[key]:
-            problems.append(
-                f"{key}: got {requested[key]!r} but the resumed run has {stored[key]!r}; only "
-                f"{sorted(RESUMABLE_KEYS)} may change on resume"
-            )
-    if problems:
-        raise ConfigError(problems)
-    for key, value in requested.items():  # keys newer than the run's config
-        merged.setdefault(key, copy.deepcopy(value))
-    return merged
-
-
 def _load_resume(requested: Mapping[str, Any]) -> tuple[Path, dict[str, Any]]:
     """The run directory and its newest checkpoint; writes nothing."""
     recipe = f"meta_{requested['meta_optimizer_type']}"
@@ -484,7 +450,13 @@ def train(
     run_dir: Path | None = None
     if requested.get("resume"):
         run_dir, state = _load_resume(requested)
-        requested = resolve_resume_config(requested, state["config"], explicit)
+        requested = resolve_resume_config(
+            requested,
+            state["config"],
+            explicit,
+            resumable=RESUMABLE_KEYS,
+            allow_new_keys=True,  # keys newer than the run's config take their defaults
+        )
         requested["resume"] = str(run_dir)
         check_meta_config(requested)
     c = TrackedConfig(requested)

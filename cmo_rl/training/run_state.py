@@ -23,13 +23,14 @@ same numbers as the uninterrupted run.
 
 On ``resume``, the stored config is the run's config; only :data:`RESUMABLE_KEYS` may be given
 new values (e.g. a larger ``total_steps``), anything else that differs is a
-:class:`~cmo_rl.config.ConfigError`.
+:class:`~cmo_rl.config.ConfigError` (:func:`resolve_resume_config`, which ``cmo`` shares with
+its own key list).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -63,6 +64,7 @@ RESUMABLE_KEYS = frozenset(
         "progress",
     }
 )
+_OTHER_RUN = "(a run of another recipe or program?)"
 
 
 def _to_cpu(tree: Any) -> Any:
@@ -195,22 +197,38 @@ def resolve_resume_config(
     requested: Mapping[str, Any],
     stored: Mapping[str, Any],
     explicit: Iterable[str] | None = None,
+    *,
+    resumable: Collection[str] = RESUMABLE_KEYS,
+    allow_new_keys: bool = False,
 ) -> dict[str, Any]:
     """The config of a resumed run: ``stored``, with the allowed changes of ``requested``.
+
+    The one resume rule of the baseline recipes (:class:`~cmo_rl.training.run.TrainingRun`,
+    the defaults) and of ``cmo`` (:func:`cmo_rl.cli.train`: ``resumable=``
+    :data:`cmo_rl.meta_schema.RESUMABLE_KEYS`, ``allow_new_keys=True``).
 
     Args:
         requested: the config this invocation was given.
         stored: the config saved in the run's checkpoint.
         explicit: the keys the user set explicitly (Hydra command-line overrides); ``None``
             treats every key of ``requested`` as explicit.
+        resumable: the keys that may take a new value (default :data:`RESUMABLE_KEYS`).
+        allow_new_keys: what a key of ``requested`` that ``stored`` lacks and the user did not
+            set means: ``False``, a :class:`~cmo_rl.config.ConfigError` (a checkpoint of
+            another recipe); ``True``, a key added to the program after the run was written,
+            which takes its requested (default) value.
 
-    Explicit keys in :data:`RESUMABLE_KEYS` take the requested value; other explicit keys must
-    equal the stored value, else a :class:`~cmo_rl.config.ConfigError` lists them.
+    Explicit keys in ``resumable`` take the requested value; other explicit keys must equal
+    the stored value, else a :class:`~cmo_rl.config.ConfigError` lists them. Values are deep
+    copies, so the result shares nothing with ``requested`` or ``stored``.
 
     >>> stored = {"seed": 0, "total_steps": 100, "lr": 0.1, "resume": None}
     >>> resolve_resume_config({"seed": 0, "total_steps": 200, "lr": 0.5, "resume": "r"}, stored,
     ...                       explicit={"total_steps", "resume"})
     {'seed': 0, 'total_steps': 200, 'lr': 0.1, 'resume': 'r'}
+    >>> resolve_resume_config({**stored, "lr": 0.5, "new_key": 1}, stored, explicit={"lr"},
+    ...                       resumable={"lr"}, allow_new_keys=True)
+    {'seed': 0, 'total_steps': 100, 'lr': 0.5, 'resume': None, 'new_key': 1}
     >>> try:
     ...     resolve_resume_config({"seed": 1, "total_steps": 100, "lr": 0.1}, stored)
     ... except ConfigError as err:
@@ -218,29 +236,26 @@ def resolve_resume_config(
     invalid config (1 problem):
       - seed: got 1 but the resumed run has 0; only ['checkpoint_interval', 'device', 'eval_episodes', 'eval_interval', 'keep_checkpoints', 'nan_policy', 'progress', 'resume', 'run_root', 'torch_threads', 'total_steps'] may change on resume
     """
-    keys = set(requested) if explicit is None else set(explicit)
-    merged = dict(stored)
+    keys = set(requested) if explicit is None else set(explicit) & set(requested)
+    merged = copy.deepcopy(dict(stored))
     problems = []
     for key in sorted(keys):
-        if key not in requested:
-            continue
-        if key in RESUMABLE_KEYS:
-            merged[key] = requested[key]
+        if key in resumable:
+            merged[key] = copy.deepcopy(requested[key])
         elif key not in stored:
-            problems.append(
-                f"{key}: not in the resumed run's config (a checkpoint of another recipe?)"
-            )
+            problems.append(f"{key}: not in the resumed run's config {_OTHER_RUN}")
         elif requested[key] != stored[key]:
             problems.append(
                 f"{key}: got {requested[key]!r} but the resumed run has {stored[key]!r}; only "
-                f"{sorted(RESUMABLE_KEYS)} may change on resume"
+                f"{sorted(resumable)} may change on resume"
             )
-    missing = [k for k in requested if k not in stored]
-    for key in missing:
-        if key not in keys:
-            problems.append(
-                f"{key}: not in the resumed run's config (a checkpoint of another recipe?)"
-            )
+    for key, value in requested.items():  # implicit keys the run's config lacks
+        if key in stored or key in keys:
+            continue
+        if allow_new_keys:
+            merged[key] = copy.deepcopy(value)
+        else:
+            problems.append(f"{key}: not in the resumed run's config {_OTHER_RUN}")
     if problems:
         raise ConfigError(problems)
     return merged

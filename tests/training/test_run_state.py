@@ -169,3 +169,39 @@ def test_resume_config_keeps_the_stored_run_and_allows_only_resumable_changes():
         resolve_resume_config({**same, "clip_epsilon": 0.2}, stored)
     assert {"total_steps", "device", "resume"} <= RESUMABLE_KEYS
     assert not {"seed", "lr", "steps_per_epoch", "num_envs", "cost_limit"} & RESUMABLE_KEYS
+
+
+def test_resume_config_with_cmo_keys_takes_new_keys_and_copies_values():
+    """``cmo``'s use: its own resumable list, and keys newer than the run take their defaults."""
+    from cmo_rl.meta_schema import RESUMABLE_KEYS as CMO_RESUMABLE
+
+    stored = {"seed": 1, "total_meta_iters": 10, "meta_lr": 0.1, "env_ids": ["A"], "resume": None}
+    requested = {**stored, "total_meta_iters": 20, "meta_lr": 0.5, "resume": "r", "added": [1]}
+    explicit = {"total_meta_iters", "resume", "not_in_requested"}
+    merged = resolve_resume_config(
+        requested, stored, explicit, resumable=CMO_RESUMABLE, allow_new_keys=True
+    )
+    assert merged == {
+        "seed": 1,
+        "total_meta_iters": 20,
+        "meta_lr": 0.1,  # not explicit: the run's value, not the yaml default
+        "env_ids": ["A"],
+        "resume": "r",
+        "added": [1],  # newer than the run: its requested (default) value
+    }
+    assert list(merged)[-1] == "added"
+    assert merged["env_ids"] is not stored["env_ids"] and merged["added"] is not requested["added"]
+    # the recipes' list does not apply: total_meta_iters is not a recipe key
+    with pytest.raises(ConfigError, match=r"total_meta_iters: got 20 .* \['checkpoint_interval'"):
+        resolve_resume_config(requested, stored, explicit, allow_new_keys=True)
+    # without allow_new_keys a key the run lacks is refused even when implicit (another recipe)
+    with pytest.raises(ConfigError) as info:
+        resolve_resume_config(requested, stored, explicit, resumable=CMO_RESUMABLE)
+    assert info.value.problems == [
+        "added: not in the resumed run's config (a run of another recipe or program?)"
+    ]
+    # an explicit non-resumable change is refused whatever allow_new_keys says
+    with pytest.raises(ConfigError, match="meta_lr: got 0.5 but the resumed run has 0.1; only"):
+        resolve_resume_config(
+            requested, stored, {"meta_lr"}, resumable=CMO_RESUMABLE, allow_new_keys=True
+        )
