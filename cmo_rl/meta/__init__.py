@@ -3,9 +3,12 @@
 ``PIDMetaOptimizer`` / ``LSTMMetaOptimizer`` map (policy gradients of return and cost, the
 violation, their state) to the next policy parameters and Lagrange multiplier;
 ``bilevel_objective`` unrolls one on a task and scores the final policy; ``MetaTrainer`` runs
-the outer loop; ``meta_test`` evaluates a frozen meta-optimizer. See docs/meta.md.
+the outer loop; ``meta_test`` evaluates a frozen meta-optimizer; ``batched_inner_step`` is one
+inner update of a stack of same-architecture tasks at once (``torch.func.vmap``). See
+docs/meta.md.
 """
 
+from cmo_rl.meta.batched import BatchedStep, batched_inner_step, data_surrogate
 from cmo_rl.meta.bilevel import (
     BilevelResult,
     InnerProblem,
@@ -55,6 +58,7 @@ from cmo_rl.meta.trainer import (
 __all__ = [
     "CONSTRAINT_FEATURES",
     "COORDINATE_FEATURES",
+    "BatchedStep",
     "BilevelResult",
     "ContextualBanditCMDP",
     "CoordinatewiseLSTM",
@@ -67,9 +71,11 @@ __all__ = [
     "RolloutCMDP",
     "RolloutTaskSampler",
     "UnrollResult",
+    "batched_inner_step",
     "bilevel_objective",
     "constraint_features",
     "coordinate_features",
+    "data_surrogate",
     "default_violation_scale",
     "detach_params",
     "flatten_params",
