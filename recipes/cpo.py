@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from cmo_rl.config import run_cli
 from cmo_rl.objectives import CPOUpdate
-from cmo_rl.training.collection import finished_episodes, make_collector
+from cmo_rl.training.collection import finished_episodes
 from cmo_rl.training.guard import NonFiniteError, exit_on_nonfinite
 from cmo_rl.training.onpolicy import (
     CriticLoss,
@@ -42,13 +42,13 @@ from cmo_rl.training.onpolicy import (
     minibatch_epochs,
     train_metrics,
 )
-from cmo_rl.training.parallel import worker_spec
 from cmo_rl.training.run import TrainingRun
 from cmo_rl.training.schema import CPO, recipe_schema
 from cmo_rl.training.setup import (
     make_agent,
     make_envs,
     make_estimators,
+    make_run_collector,
     seed_everything,
     set_torch_threads,
 )
@@ -83,16 +83,7 @@ def train(cfg: DictConfig) -> Path:
     )
     critic_loss = CriticLoss(critic, cost_critic)
     optimizer = make_optimizer({"critic": critic, "cost_critic": cost_critic}, cfg.lr)
-    collector = make_collector(
-        env,
-        actor,
-        steps_per_epoch=cfg.steps_per_epoch,
-        num_epochs=run.num_epochs,
-        seed=cfg.seed,
-        first_epoch=run.epoch,
-        device=device,
-        workers=worker_spec(cfg),  # collector.backend=multi_sync|ray: worker processes
-    )
+    collector = make_run_collector(run, env, actor, device)
     run.attach(
         env,
         eval_env,

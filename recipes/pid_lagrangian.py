@@ -19,6 +19,9 @@ Each epoch, on a fresh batch of ``steps_per_epoch`` env steps:
    :math:`A_L = (A_R - \\lambda A_C) / (1 + \\lambda)` plus both critic losses, stopping early
    when :math:`KL(\\pi_{old} \\| \\pi_\\theta) >` ``target_kl``.
 
+The loop is :func:`cmo_rl.training.lagrangian_ppo.train_lagrangian_ppo`, shared with
+``recipes/ppo_lagrangian.py``; this script supplies the multiplier (:func:`make_multiplier`) and
+its update with the PID terms as metrics (:func:`pid_update`).
 Config: ``recipes/config/pid_lagrangian.yaml``; run directory layout, metric names and
 checkpoints: ``docs/metrics.md``.
 """
@@ -30,49 +33,20 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig
-from tensordict import TensorDict
 
 from cmo_rl.config import run_cli
-from cmo_rl.objectives import LagrangianPPOLoss, PIDLagrangian
-from cmo_rl.training.collection import finished_episodes, make_collector
+from cmo_rl.objectives import PIDLagrangian
 from cmo_rl.training.guard import exit_on_nonfinite
-from cmo_rl.training.onpolicy import (
-    approx_kl,
-    compute_advantages,
-    linear_lr,
-    make_optimizer,
-    minibatch_epochs,
-    set_lr,
-    train_metrics,
-)
-from cmo_rl.training.parallel import worker_spec
-from cmo_rl.training.run import TrainingRun
+from cmo_rl.training.lagrangian_ppo import train_lagrangian_ppo
 from cmo_rl.training.schema import PID, PPO, recipe_schema
-from cmo_rl.training.setup import (
-    make_agent,
-    make_envs,
-    make_estimators,
-    seed_everything,
-    set_torch_threads,
-)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 SCHEMA = recipe_schema(PPO, PID)
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train PID-Lagrangian PPO with ``cfg`` (validated); returns the run directory."""
-    run = TrainingRun(cfg, recipe="pid_lag")
-    cfg = run.cfg  # on resume: the stored config (plus allowed changes)
-    device = torch.device(cfg.device)
-    set_torch_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
-
-    env, eval_env = make_envs(cfg)
-    run.check_env(env)
-    actor, critic, cost_critic = make_agent(cfg, env, device)
-    gae, cost_gae = make_estimators(cfg, critic, cost_critic, device)
-    multiplier = PIDLagrangian(
+def make_multiplier(cfg: DictConfig, device: torch.device) -> PIDLagrangian:
+    """The PID controller of :math:`\\lambda` from the ``pid_*`` and ``lambda_*`` keys."""
+    return PIDLagrangian(
         cfg.cost_limit,
         kp=cfg.pid_kp,
         ki=cfg.pid_ki,
@@ -85,81 +59,27 @@ def train(cfg: DictConfig) -> Path:
         lagrangian_multiplier_init=cfg.lambda_init,
         device=device,
     )
-    loss_module = LagrangianPPOLoss(
-        actor,
-        critic,
-        cost_critic,
-        clip_epsilon=cfg.clip_epsilon,
-        entropy_coeff=cfg.entropy_coeff,
-        normalize_advantage=False,  # done once per batch by compute_advantages
-        multiplier=multiplier,
-    )
-    optimizer = make_optimizer(
-        {"actor": actor, "critic": critic, "cost_critic": cost_critic}, cfg.lr
-    )
-    collector = make_collector(
-        env,
-        actor,
-        steps_per_epoch=cfg.steps_per_epoch,
-        num_epochs=run.num_epochs,
-        seed=cfg.seed,
-        first_epoch=run.epoch,
-        device=device,
-        workers=worker_spec(cfg),  # collector.backend=multi_sync|ray: worker processes
-    )
-    run.attach(
-        env,
-        eval_env,
-        policy=actor,
-        modules={"value": critic, "cost_value": cost_critic, "multiplier": multiplier},
-        optimizers={"optimizer": optimizer},
-    )
-
-    with run:
-        for batch in run.batches(collector):
-            # 1. PID multiplier from the measured mean episode cost J_C
-            episodes = finished_episodes(batch)
-            metrics = episodes.metrics("train")
-            if episodes.count:
-                episode_cost = metrics["train/episode_cost"]
-                before = multiplier.state()
-                multiplier.update(episode_cost)
-                metrics["train/violation"] = episode_cost - cfg.cost_limit
-                metrics.update(pid_terms(multiplier, before))
-            metrics["train/lambda"] = multiplier.value
-
-            # 2. advantages and value targets for reward and cost
-            compute_advantages(batch, gae, cost_gae)
-
-            # 3. PPO passes on A_L = (A_R - lambda A_C) / (1 + lambda) with KL early stop
-            lr = linear_lr(cfg.lr, run.epoch, run.num_epochs) if cfg.lr_decay else cfg.lr
-            set_lr(optimizer, lr, group="actor")
-            flat = batch.reshape(-1).select(*loss_module.in_keys)
-            update = minibatch_epochs(
-                flat,
-                loss_module,
-                optimizer,
-                update_iters=cfg.update_iters,
-                minibatch_size=cfg.minibatch_size,
-                guard=run.guard,
-                max_grad_norm=cfg.max_grad_norm,
-                target_kl=cfg.target_kl if cfg.kl_early_stop else None,
-                kl_fn=lambda flat=flat: approx_kl(actor, flat),
-            )
-            run.end_epoch(batch, {**metrics, **train_metrics(update), "train/lr": lr})
-    return run.run_dir
 
 
-def pid_terms(pid: PIDLagrangian, before: TensorDict) -> dict[str, float]:
-    """``train/pid_p``, ``train/pid_i``, ``train/pid_d`` of the update that followed ``before``:
-    :math:`K_P P`, :math:`I`, :math:`K_D (C - C_{t-D})_+` (their sum is :math:`\\lambda` before
-    its projection)."""
+def pid_update(pid: PIDLagrangian, episode_cost: float) -> dict[str, float]:
+    """One PID update on :math:`J_C`; returns its terms ``train/pid_p``, ``train/pid_i``,
+    ``train/pid_d``: :math:`K_P P`, :math:`I`, :math:`K_D (C - C_{t-D})_+` (their sum is
+    :math:`\\lambda` before its projection)."""
+    before = pid.state()
+    pid.update(episode_cost)
     oldest = before["cost_d_history"][before["history_index"]]
     return {
         "train/pid_p": float(pid.kp * pid.delta_p),
         "train/pid_i": float(pid.integral),
         "train/pid_d": float(pid.kd * (pid.cost_d - oldest).clamp_min(0.0)),
     }
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train PID-Lagrangian PPO with ``cfg`` (validated); returns the run directory."""
+    return train_lagrangian_ppo(
+        cfg, recipe="pid_lag", make_multiplier=make_multiplier, update_multiplier=pid_update
+    )
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="pid_lagrangian", version_base=None)

@@ -8,10 +8,11 @@ module                      what
 ``parallel``                collection in worker processes or Ray actors; meta-batch tasks in workers
 ``rollout_eval``            ``evaluate_policy`` (deterministic episodes), ``sync_observation_norm``
 ``guard``                   ``NonFiniteGuard``: skip or stop on NaN/inf losses and gradients
+``lagrangian_ppo``          ``train_lagrangian_ppo``: the loop of the PPO-Lag and PID-Lag recipes
 ``run_state``               checkpoint snapshot/restore, the config of a resumed run
 ``run``                     ``TrainingRun``: run dir, logger, evaluation, checkpoints, shutdown
 ``schema``                  config schemas of the recipes and cross-key checks
-``setup``                   seeds, threads, train/eval envs, networks and estimators from a config
+``setup``                   seeds, threads, envs, networks, estimators, collector from a config
 ==========================  ========================================================================
 
 Modules are imported explicitly (``from cmo_rl.training.run import TrainingRun``), so importing
@@ -24,6 +25,7 @@ from typing import Any
 _MODULES = (
     "collection",
     "guard",
+    "lagrangian_ppo",
     "onpolicy",
     "parallel",
     "rollout_eval",
@@ -43,6 +45,7 @@ _LAZY = {
         ["NAN_POLICIES", "NonFiniteError", "NonFiniteGuard", "exit_on_nonfinite"],
         "cmo_rl.training.guard",
     ),
+    **dict.fromkeys(["step_multiplier", "train_lagrangian_ppo"], "cmo_rl.training.lagrangian_ppo"),
     **dict.fromkeys(
         [
             "CriticLoss",
@@ -100,7 +103,14 @@ _LAZY = {
         "cmo_rl.training.schema",
     ),
     **dict.fromkeys(
-        ["make_agent", "make_envs", "make_estimators", "seed_everything", "set_torch_threads"],
+        [
+            "make_agent",
+            "make_envs",
+            "make_estimators",
+            "make_run_collector",
+            "seed_everything",
+            "set_torch_threads",
+        ],
         "cmo_rl.training.setup",
     ),
 }

@@ -1,24 +1,41 @@
-"""Building a recipe's objects from its config: seeds, training/eval envs, networks, estimators.
+"""Building a recipe's objects from its config: seeds, training/eval envs, networks, estimators,
+the run's collector.
 
-The config keys read here are those of :data:`cmo_rl.training.schema.COMMON`.
+The config keys read here are those of :data:`cmo_rl.training.schema.COMMON`. Every baseline
+recipe (``recipes/cpo.py``, and :func:`cmo_rl.training.lagrangian_ppo.train_lagrangian_ppo`
+behind ``recipes/ppo_lagrangian.py`` and ``recipes/pid_lagrangian.py``) builds its objects with
+these functions, one call per object, in the same order.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torchrl.envs import TransformedEnv
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase, TransformedEnv
 from torchrl.objectives.value import GAE
 
 from cmo_rl.envs.factory import make_env
 from cmo_rl.modules import ActorCritic, actor_critic_from_env
 from cmo_rl.objectives import make_value_estimators
+from cmo_rl.training.collection import make_collector
+from cmo_rl.training.parallel import WorkerCollector, worker_spec
 
-__all__ = ["make_agent", "make_envs", "make_estimators", "seed_everything", "set_torch_threads"]
+if TYPE_CHECKING:
+    from cmo_rl.training.run import TrainingRun
+
+__all__ = [
+    "make_agent",
+    "make_envs",
+    "make_estimators",
+    "make_run_collector",
+    "seed_everything",
+    "set_torch_threads",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -116,4 +133,44 @@ def make_estimators(
         cost_gamma=float(cfg["cost_gamma"]),
         cost_lmbda=float(cfg["cost_gae_lambda"]),
         device=device,
+    )
+
+
+def make_run_collector(
+    run: TrainingRun, env: EnvBase, policy: torch.nn.Module, device: torch.device
+) -> Collector | WorkerCollector:
+    """The collector of ``run``: one ``steps_per_epoch`` batch for each epoch the run has left.
+
+    :func:`~cmo_rl.training.collection.make_collector` with the run's ``steps_per_epoch`` and
+    ``seed`` (envs re-seeded each epoch, so a resumed run collects what the uninterrupted one
+    would), its epochs ``run.epoch .. run.num_epochs - 1``, and the worker processes or Ray
+    actors of the config's ``collector:`` block (:func:`~cmo_rl.training.parallel.worker_spec`).
+
+    Args:
+        run: the :class:`~cmo_rl.training.run.TrainingRun` (read: ``cfg``, ``num_epochs``,
+            ``epoch``).
+        env: the training env (:func:`make_envs`).
+        policy: the actor, run on ``device``.
+        device: policy and batch device.
+
+    >>> from types import SimpleNamespace
+    >>> from cmo_rl.modules import make_actor
+    >>> cfg = {"env_id": "MockCMDP-v0", "max_episode_steps": 4, "steps_per_epoch": 8, "seed": 0,
+    ...        "collector": None}
+    >>> run = SimpleNamespace(cfg=cfg, num_epochs=3, epoch=1)  # resumed after epoch 1 of 3
+    >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0, max_episode_steps=4)
+    >>> collector = make_run_collector(run, env, make_actor(env, hidden_layers=(4,)), "cpu")
+    >>> [tuple(batch.shape) for batch in collector]
+    [(2, 4), (2, 4)]
+    """
+    cfg = run.cfg
+    return make_collector(
+        env,
+        policy,
+        steps_per_epoch=int(cfg["steps_per_epoch"]),
+        num_epochs=run.num_epochs,
+        seed=int(cfg["seed"]),
+        first_epoch=run.epoch,
+        device=device,
+        workers=worker_spec(cfg),  # collector.backend=multi_sync|ray: worker processes
     )

@@ -14,13 +14,18 @@ import torch
 from recipe_helpers import RECIPES, REPO, TINY, load_recipe, metrics, the_run, train
 
 from cmo_rl.checkpoint import latest_checkpoint, load_checkpoint
+from cmo_rl.training import lagrangian_ppo
+
+#: Recipes whose loop is :func:`cmo_rl.training.lagrangian_ppo.train_lagrangian_ppo`.
+LAGRANGIAN_PPO = ("ppo_lagrangian", "pid_lagrangian")
 
 FIVE_EPOCHS = [*TINY, "total_steps=1000", "checkpoint_interval=2"]
 
 
 def _interrupt_update(monkeypatch, name: str, at_call: int) -> None:
     """Make the recipe's ``at_call``-th minibatch update raise Ctrl-C *after* changing weights."""
-    module = load_recipe(name)
+    # the module whose loop calls minibatch_epochs: the PPO-Lagrangian recipes share theirs
+    module = lagrangian_ppo if name in LAGRANGIAN_PPO else load_recipe(name)
     real = module.minibatch_epochs
     calls = {"n": 0}
 

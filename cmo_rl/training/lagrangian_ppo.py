@@ -1,0 +1,177 @@
+"""The training loop of the PPO-Lagrangian recipes, written once for any multiplier rule.
+
+``recipes/ppo_lagrangian.py`` (:class:`~cmo_rl.objectives.LagrangeMultiplier`, run directory
+``ppo_lag``) and ``recipes/pid_lagrangian.py`` (:class:`~cmo_rl.objectives.PIDLagrangian`,
+``pid_lag``) are the same PPO loop and differ only in how :math:`\\lambda` follows the measured
+violation. So the loop lives here, in :func:`train_lagrangian_ppo`, read top to bottom like a
+recipe, and each recipe script passes its multiplier: ``make_multiplier(cfg, device)`` builds it,
+``update_multiplier(multiplier, J_C)`` steps it once per epoch and returns its extra metrics
+(:func:`step_multiplier`, none, by default; the PID's ``train/pid_p``, ``_i``, ``_d``).
+
+Each epoch, on a fresh batch of ``steps_per_epoch`` env steps:
+
+1. the multiplier is updated from the *measured* mean cost :math:`J_C` of the episodes that
+   finished in the batch (``train/violation`` is :math:`J_C - d`, ``train/lambda`` the new
+   :math:`\\lambda`);
+2. GAE on reward and on cost gives :math:`A_R, A_C` and the critics' targets;
+3. ``update_iters`` passes of minibatch PPO on the penalised advantage
+   :math:`A_L = (A_R - \\lambda A_C) / (1 + \\lambda)` plus both critic losses, stopping early
+   when :math:`KL(\\pi_{old} \\| \\pi_\\theta) >` ``target_kl``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from cmo_rl.objectives import LagrangianPPOLoss
+from cmo_rl.training.collection import finished_episodes
+from cmo_rl.training.onpolicy import (
+    approx_kl,
+    compute_advantages,
+    linear_lr,
+    make_optimizer,
+    minibatch_epochs,
+    set_lr,
+    train_metrics,
+)
+from cmo_rl.training.run import TrainingRun
+from cmo_rl.training.setup import (
+    make_agent,
+    make_envs,
+    make_estimators,
+    make_run_collector,
+    seed_everything,
+    set_torch_threads,
+)
+
+__all__ = ["step_multiplier", "train_lagrangian_ppo"]
+
+#: ``make_multiplier(cfg, device)``: the recipe's multiplier module (``update``, ``value``).
+MultiplierFactory = Callable[[DictConfig, torch.device], nn.Module]
+#: ``update_multiplier(multiplier, episode_cost)``: one update on :math:`J_C`, extra metrics.
+MultiplierUpdate = Callable[[nn.Module, float], dict[str, float]]
+
+
+def step_multiplier(multiplier: nn.Module, episode_cost: float) -> dict[str, float]:
+    """The default ``update_multiplier``: ``multiplier.update(episode_cost)``, no extra metrics.
+
+    >>> from cmo_rl.objectives import LagrangeMultiplier
+    >>> lam = LagrangeMultiplier(cost_limit=10.0, init=1.0, lr=0.1, optimizer="sgd")
+    >>> step_multiplier(lam, 15.0), round(lam.value.item(), 3)  # 1 + 0.1 * (15 - 10)
+    ({}, 1.5)
+    """
+    multiplier.update(episode_cost)
+    return {}
+
+
+def train_lagrangian_ppo(
+    cfg: DictConfig,
+    *,
+    recipe: str,
+    make_multiplier: MultiplierFactory,
+    update_multiplier: MultiplierUpdate = step_multiplier,
+) -> Path:
+    """Train PPO on the Lagrangian advantage with ``cfg`` (validated); returns the run directory.
+
+    Args:
+        cfg: a config of :func:`~cmo_rl.training.schema.recipe_schema` ``(PPO, ...)`` plus
+            whatever ``make_multiplier`` reads.
+        recipe: the run-directory name (``"ppo_lag"``, ``"pid_lag"``).
+        make_multiplier: builds the multiplier from the effective config (the stored one on
+            resume) on the policy's device; it is checkpointed as ``multiplier``.
+        update_multiplier: one multiplier step on the epoch's mean episode cost :math:`J_C`
+            (only in epochs where episodes finished); its dict is logged with the epoch.
+
+    Metric names and run layout: ``docs/metrics.md``.
+
+    >>> import tempfile
+    >>> import pandas as pd
+    >>> from omegaconf import OmegaConf
+    >>> from cmo_rl.objectives import LagrangeMultiplier
+    >>> yaml = Path(__file__).resolve().parents[2] / "recipes" / "config" / "ppo_lagrangian.yaml"
+    >>> cfg = OmegaConf.merge(OmegaConf.load(yaml), {
+    ...     "env_id": "MockCMDP-v0", "max_episode_steps": 25, "steps_per_epoch": 200,
+    ...     "total_steps": 400, "hidden_layers": [8], "update_iters": 1, "eval_interval": 2,
+    ...     "eval_episodes": 1, "cost_limit": 3.0, "progress": False,
+    ...     "run_root": tempfile.mkdtemp()})
+    >>> for hydra_only in ("defaults", "hydra"):
+    ...     _ = cfg.pop(hydra_only)
+    >>> def make(cfg, device):
+    ...     return LagrangeMultiplier(cfg.cost_limit, init=0.5, lr=0.1, device=device)
+    >>> def hold(multiplier, episode_cost):  # a fixed lambda: no update, one extra metric
+    ...     return {"train/held": 1.0}
+    >>> run_dir = train_lagrangian_ppo(cfg, recipe="fixed_lag", make_multiplier=make,
+    ...                                update_multiplier=hold)
+    >>> metrics = pd.read_csv(run_dir / "metrics.csv")
+    >>> run_dir.parts[-3], metrics["train/lambda"].tolist(), metrics["train/held"].tolist()
+    ('fixed_lag', [0.5, 0.5], [1.0, 1.0])
+    """
+    run = TrainingRun(cfg, recipe=recipe)
+    cfg = run.cfg  # on resume: the stored config (plus allowed changes)
+    device = torch.device(cfg.device)
+    set_torch_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+
+    env, eval_env = make_envs(cfg)
+    run.check_env(env)
+    actor, critic, cost_critic = make_agent(cfg, env, device)
+    gae, cost_gae = make_estimators(cfg, critic, cost_critic, device)
+    multiplier = make_multiplier(cfg, device)
+    loss_module = LagrangianPPOLoss(
+        actor,
+        critic,
+        cost_critic,
+        clip_epsilon=cfg.clip_epsilon,
+        entropy_coeff=cfg.entropy_coeff,
+        normalize_advantage=False,  # done once per batch by compute_advantages
+        multiplier=multiplier,
+    )
+    optimizer = make_optimizer(
+        {"actor": actor, "critic": critic, "cost_critic": cost_critic}, cfg.lr
+    )
+    collector = make_run_collector(run, env, actor, device)
+    run.attach(
+        env,
+        eval_env,
+        policy=actor,
+        modules={"value": critic, "cost_value": cost_critic, "multiplier": multiplier},
+        optimizers={"optimizer": optimizer},
+    )
+
+    with run:
+        for batch in run.batches(collector):
+            # 1. multiplier update on the measured mean episode cost J_C
+            episodes = finished_episodes(batch)
+            metrics = episodes.metrics("train")
+            if episodes.count:
+                episode_cost = metrics["train/episode_cost"]
+                extra = update_multiplier(multiplier, episode_cost)
+                metrics["train/violation"] = episode_cost - cfg.cost_limit
+                metrics.update(extra)
+            metrics["train/lambda"] = multiplier.value
+
+            # 2. advantages and value targets for reward and cost
+            compute_advantages(batch, gae, cost_gae)
+
+            # 3. PPO passes on A_L = (A_R - lambda A_C) / (1 + lambda) with KL early stop
+            lr = linear_lr(cfg.lr, run.epoch, run.num_epochs) if cfg.lr_decay else cfg.lr
+            set_lr(optimizer, lr, group="actor")
+            flat = batch.reshape(-1).select(*loss_module.in_keys)
+            update = minibatch_epochs(
+                flat,
+                loss_module,
+                optimizer,
+                update_iters=cfg.update_iters,
+                minibatch_size=cfg.minibatch_size,
+                guard=run.guard,
+                max_grad_norm=cfg.max_grad_norm,
+                target_kl=cfg.target_kl if cfg.kl_early_stop else None,
+                kl_fn=lambda flat=flat: approx_kl(actor, flat),
+            )
+            run.end_epoch(batch, {**metrics, **train_metrics(update), "train/lr": lr})
+    return run.run_dir
