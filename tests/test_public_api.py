@@ -118,13 +118,49 @@ def test_top_level_reexports_the_component_packages() -> None:
         for name in importlib.import_module(package_name).__all__:
             assert name not in expected, f"{name!r} is exported by two packages"
             expected[name] = package_name
-    assert cmo_rl._LAZY == expected
+    assert cmo_rl._exports() == expected
     assert set(cmo_rl.__all__) == set(expected) | set(cmo_rl._SUBMODULES)
     for name, package_name in expected.items():
         assert getattr(cmo_rl, name) is getattr(importlib.import_module(package_name), name)
     for name in cmo_rl._SUBMODULES:
         assert isinstance(getattr(cmo_rl, name), types.ModuleType)
     assert set(cmo_rl.__all__) <= set(dir(cmo_rl))
+
+
+def test_a_new_public_name_of_a_package_needs_no_top_level_edit(monkeypatch) -> None:
+    """The top level derives its table from the packages' ``__all__`` (here: a name added to
+    :mod:`cmo_rl.testing`), for attribute access, ``from cmo_rl import``, ``__all__``, ``dir``."""
+    import cmo_rl.testing
+
+    def new_helper() -> None:
+        """A public name added after the top level was written."""
+
+    monkeypatch.setattr(cmo_rl.testing, "new_helper", new_helper, raising=False)
+    monkeypatch.setattr(cmo_rl.testing, "__all__", [*cmo_rl.testing.__all__, "new_helper"])
+    cmo_rl._exports.cache_clear()
+    monkeypatch.delitem(vars(cmo_rl), "__all__", raising=False)  # computed again on access
+    try:
+        from cmo_rl import new_helper as imported
+
+        assert imported is new_helper
+        assert "new_helper" in cmo_rl.__all__ and "new_helper" in dir(cmo_rl)
+        assert cmo_rl._exports()["new_helper"] == "cmo_rl.testing"
+    finally:
+        vars(cmo_rl).pop("new_helper", None)
+        vars(cmo_rl).pop("__all__", None)
+        cmo_rl._exports.cache_clear()
+
+
+def test_two_packages_exporting_one_name_is_an_import_error(monkeypatch) -> None:
+    import cmo_rl.testing
+
+    monkeypatch.setattr(cmo_rl.testing, "__all__", [*cmo_rl.testing.__all__, "make_env"])
+    cmo_rl._exports.cache_clear()
+    try:
+        with pytest.raises(ImportError, match="'make_env' is exported by both cmo_rl.envs and"):
+            cmo_rl._exports()
+    finally:
+        cmo_rl._exports.cache_clear()
 
 
 def test_unknown_top_level_name_is_an_attribute_error() -> None:
@@ -137,6 +173,8 @@ import json, sys, time
 t0 = time.perf_counter()
 import cmo_rl
 seconds = time.perf_counter() - t0
+hasattr(cmo_rl, "__wrapped__")  # probes of inspect/doctest/pickle
+from cmo_rl import compare  # a light submodule outside the re-export table
 loaded = {m: m in sys.modules for m in ("torch", "torchrl", "tensordict", "safety_gymnasium")}
 shim = any(type(f).__module__ == "cmo_rl.envs.compat" for f in sys.meta_path)
 print(json.dumps({"seconds": seconds, "loaded": loaded, "shim": shim}))
