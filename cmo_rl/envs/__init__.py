@@ -30,11 +30,13 @@ if TYPE_CHECKING:
         observation_norm,
         resolve_device,
     )
+    from cmo_rl.envs.stable_vecnorm import StableVecNorm
 
 _LAZY = {
     "SafetyGymnasiumBatchEnv": "cmo_rl.envs.safety",
     "make_safety_env": "cmo_rl.envs.safety",
     "observation_norm": "cmo_rl.envs.safety",
+    "StableVecNorm": "cmo_rl.envs.stable_vecnorm",
     "resolve_device": "cmo_rl.envs.safety",
     "is_vision_task": "cmo_rl.envs.registry",
     "safety_task_ids": "cmo_rl.envs.registry",
@@ -52,6 +54,7 @@ _LAZY = {
 __all__ = [
     "MOCK_ENV_ID",
     "SafetyGymnasiumBatchEnv",
+    "StableVecNorm",
     "enable_fast_reset",
     "fast_reset_enabled",
     "fast_reset_refusal",

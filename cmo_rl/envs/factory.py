@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from torchrl.envs import Compose, RewardSum, StepCounter, TransformedEnv
 
+from cmo_rl.envs.stable_vecnorm import BATCHED_WARNING
+
 __all__ = ["MOCK_ENV_ID", "make_env", "max_episode_steps", "observation_norm_of"]
 
 #: The task id that selects :class:`cmo_rl.testing.MockCMDPEnv`.
 MOCK_ENV_ID = "MockCMDP-v0"
 _MOCK_DEFAULT_EPISODE = 50
-#: VecNormV2 warns whenever it is parented to a batched env; pooling over the batch is intended.
-_VECNORM_BATCHED_WARNING = "Support of VecNormV2 for containers with non-empty batch-size"
 
 
 def make_env(
@@ -103,7 +103,7 @@ def make_env(
     env.append_transform(StepCounter())
     if normalize_observations:  # last, so that rebuilding the others' parents never copies it
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_VECNORM_BATCHED_WARNING)
+            warnings.filterwarnings("ignore", message=BATCHED_WARNING)
             env.append_transform(observation_norm(norm_keys))
             env.output_spec  # noqa: B018 (builds and caches the specs: no warning later)
     return env
@@ -129,7 +129,7 @@ def observation_norm_of(env: TransformedEnv) -> torch.nn.Module | None:
     >>> observation_norm_of(make_env("MockCMDP-v0")) is None
     True
     >>> type(observation_norm_of(make_env("MockCMDP-v0", normalize_observations=True))).__name__
-    'VecNormV2'
+    'StableVecNorm'
     """
     from torchrl.envs.transforms.vecnorm import VecNormV2
 

@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
-from torchrl.envs import Compose, EnvBase, RewardSum, Transform, TransformedEnv, VecNorm
+from torchrl.envs import Compose, EnvBase, RewardSum, Transform, TransformedEnv
 
 from cmo_rl.envs import compat as _compat  # noqa: F401  (import shim before safety_gymnasium)
 from cmo_rl.envs.registry import is_vision_task, validate_env_id
+from cmo_rl.envs.stable_vecnorm import BATCHED_WARNING, StableVecNorm
 
 __all__ = ["SafetyGymnasiumBatchEnv", "make_safety_env", "observation_norm", "resolve_device"]
 
@@ -481,16 +482,14 @@ def make_safety_env(
         keys = [k for k in base.observation_keys if spec[k].dtype.is_floating_point]
         transforms.append(observation_norm(keys))
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_VECNORM_BATCHED_WARNING)
+        warnings.filterwarnings("ignore", message=BATCHED_WARNING)
         return TransformedEnv(base, Compose(*transforms))
 
 
-#: VecNormV2 warns on every batched parent; pooling over the batch is what we ask for.
-_VECNORM_BATCHED_WARNING = "Support of VecNormV2 for containers with non-empty batch-size"
-
-
 def observation_norm(in_keys: Sequence[str]) -> Transform:
-    r"""Running observation normalisation, pooled over the batch: TorchRL's ``VecNormV2``.
+    r"""Running observation normalisation, pooled over the batch: TorchRL's ``VecNormV2``
+    (as :class:`~cmo_rl.envs.stable_vecnorm.StableVecNorm`, which keeps the variance
+    non-negative so near-constant features do not turn into NaN).
 
     With ``decay=1`` and ``reduce_batch_dims=True`` the statistics are the exact running mean
     and variance of every observation row seen (``count`` rows):
@@ -510,6 +509,6 @@ def observation_norm(in_keys: Sequence[str]) -> Transform:
     >>> env = TransformedEnv(MockCMDPEnv(num_envs=8, episode_length=50, seed=0), norm)
     >>> s = env.rollout(50)["next", "observation"][..., 0]  # raw s ~ U(-1, 1): std 0.58
     >>> type(norm).__name__, round(float(s.std()), 1)
-    ('VecNormV2', 1.0)
+    ('StableVecNorm', 1.0)
     """
-    return VecNorm(in_keys=list(in_keys), new_api=True, decay=1.0, eps=1e-4, reduce_batch_dims=True)
+    return StableVecNorm(in_keys=list(in_keys), decay=1.0, eps=1e-4, reduce_batch_dims=True)

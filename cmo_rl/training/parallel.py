@@ -29,7 +29,7 @@ Meta-training: :class:`TaskPool` runs the tasks of each ``MetaTrainer`` meta-ite
 (collection, inner updates and each task's meta-gradient) in worker processes and sums their
 meta-gradients in seed order, so the result does not depend on the number of workers.
 
-Observation normalisation with ``multi_sync``: the workers' ``VecNormV2`` share the training
+Observation normalisation with ``multi_sync``: the workers' ``VecNormV2`` (``StableVecNorm``) share the training
 env's statistics (shared memory, TorchRL's lock), so checkpoints and evaluation read the same
 statistics as in the ``sync`` path; the order in which workers add their rows to the running sums
 varies from run to run, which costs bitwise reproducibility (float rounding) when
@@ -273,9 +273,9 @@ def _norm_share(norm: nn.Module) -> dict[str, Any]:
 
 
 def _shared_norm(share: Mapping[str, Any]) -> nn.Module:
-    from torchrl.envs.transforms import VecNormV2
+    from cmo_rl.envs.stable_vecnorm import StableVecNorm
 
-    return VecNormV2(
+    return StableVecNorm(
         in_keys=share["in_keys"],
         out_keys=share["out_keys"],
         decay=share["decay"],
