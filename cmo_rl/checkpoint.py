@@ -20,6 +20,7 @@ Checkpoints of a run live in ``run_dir/checkpoints/step_<step>.pt`` (:func:`chec
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -39,6 +40,7 @@ __all__ = [
     "CheckpointError",
     "capture_rng_state",
     "checkpoint_path",
+    "cpu_state_copy",
     "latest_checkpoint",
     "load_checkpoint",
     "prune_checkpoints",
@@ -293,6 +295,33 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed
+
+
+def cpu_state_copy(tree: Any) -> Any:
+    """Deep copy of a state tree (dicts, lists, tuples) with every tensor detached and on CPU.
+
+    What a checkpoint stores: independent of the live modules (later in-place updates do not
+    leak in) and loadable on a machine without the training device. Dicts are shallow-copied
+    first, so ``OrderedDict`` and the ``_metadata`` of module state dicts survive.
+
+    >>> import torch
+    >>> live = torch.nn.Linear(2, 1)
+    >>> state = cpu_state_copy(live.state_dict())
+    >>> with torch.no_grad():
+    ...     live.weight.add_(1.0)
+    >>> type(state).__name__, bool((state["weight"] + 1 == live.weight).all())
+    ('OrderedDict', True)
+    """
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        out = copy.copy(tree)
+        for key, value in tree.items():
+            out[key] = cpu_state_copy(value)
+        return out
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(cpu_state_copy(v) for v in tree)
+    return copy.deepcopy(tree)
 
 
 # -- RNG state ------------------------------------------------------------------------------

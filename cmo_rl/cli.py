@@ -49,6 +49,7 @@ from cmo_rl.checkpoint import (
     CheckpointError,
     capture_rng_state,
     checkpoint_path,
+    cpu_state_copy,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -387,19 +388,6 @@ def iteration_metrics(
     return row
 
 
-def _cpu_copy(tree: Any) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().to("cpu", copy=True)
-    if isinstance(tree, dict):
-        out = copy.copy(tree)
-        for key, value in tree.items():
-            out[key] = _cpu_copy(value)
-        return out
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_cpu_copy(v) for v in tree)
-    return copy.deepcopy(tree)
-
-
 def _plain(cfg: Any) -> dict[str, Any]:
     from omegaconf import DictConfig, OmegaConf
 
@@ -504,8 +492,8 @@ def train(
             "step": trainer.iteration,
             "time_total": time_total(),
             "env_steps": env_steps,
-            **_cpu_copy(trainer.state_dict()),
-            "initial_meta_optimizer": _cpu_copy(initial.state_dict()),
+            **cpu_state_copy(trainer.state_dict()),
+            "initial_meta_optimizer": cpu_state_copy(initial.state_dict()),
             "window": window.state_dict(),
             "rng": capture_rng_state(),
             "config": copy.deepcopy(requested),
@@ -525,7 +513,8 @@ def train(
             run_dir,
             progress_total=progress_total,
             resume_step=trainer.iteration if state is not None else None,
-            progress_desc=f"{recipe} {c.env_ids[0]}",
+            progress_desc=f"{recipe} {_tasks_label(c.env_ids)}",
+            progress_unit="iter",
         ) as logger,
     ):
         echo = _Printer(logger)
@@ -846,6 +835,12 @@ def check_override_keys(args: list[str]) -> None:
             node = node[part]
     if problems:
         raise ConfigError(problems)
+
+
+def _tasks_label(env_ids: list[str]) -> str:
+    """``"SafetyPointGoal1-v0"`` or ``"SafetyPointGoal1-v0 +2 tasks"`` for the progress bar."""
+    more = len(env_ids) - 1
+    return env_ids[0] + (f" +{more} task{'s' if more > 1 else ''}" if more else "")
 
 
 def main() -> None:

@@ -316,6 +316,7 @@ class RunLogger:
         resume_step: continue a run from this step: CSV rows with ``step > resume_step`` are
             dropped, TensorBoard purges events after it, the bar starts there.
         progress_desc: label of the progress bar (default: the run directory's name).
+        progress_unit: what one progress count is (``"step"``: env steps; ``cmo``: ``"iter"``).
 
     Every :meth:`log_scalars` call is flushed (CSV to the OS, TensorBoard's event file), and an
     ``atexit`` hook closes a logger that was not closed. Use it as a context manager.
@@ -340,6 +341,7 @@ class RunLogger:
         progress_total: int | None = None,
         resume_step: int | None = None,
         progress_desc: str | None = None,
+        progress_unit: str = "step",
     ) -> None:
         if isinstance(backends, str):
             backends = (backends,)
@@ -367,7 +369,7 @@ class RunLogger:
                 total=int(progress_total),
                 initial=self.resume_step or 0,
                 desc=progress_desc or self.run_dir.name,
-                unit="step",
+                unit=progress_unit,
                 unit_scale=True,
                 dynamic_ncols=True,
                 mininterval=1.0,

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cmo_rl.checkpoint import capture_rng_state, restore_rng_state
+from cmo_rl.checkpoint import capture_rng_state, cpu_state_copy, restore_rng_state
 from cmo_rl.config import ConfigError
 
 __all__ = [
@@ -65,24 +65,6 @@ RESUMABLE_KEYS = frozenset(
     }
 )
 _OTHER_RUN = "(a run of another recipe or program?)"
-
-
-def _to_cpu(tree: Any) -> Any:
-    """Deep copy of a state tree with every tensor detached and copied to CPU.
-
-    Dicts are shallow-copied first, so ``OrderedDict`` and the ``_metadata`` of module state
-    dicts survive.
-    """
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().to("cpu", copy=True)
-    if isinstance(tree, dict):
-        out = copy.copy(tree)
-        for key, value in tree.items():
-            out[key] = _to_cpu(value)
-        return out
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_to_cpu(v) for v in tree)
-    return copy.deepcopy(tree)
 
 
 def take_snapshot(
@@ -115,14 +97,14 @@ def take_snapshot(
         "step": int(step),
         "epoch": int(epoch),
         "time_total": float(time_total),
-        "obs_norm": None if obs_norm is None else _to_cpu(obs_norm.state_dict()),
+        "obs_norm": None if obs_norm is None else cpu_state_copy(obs_norm.state_dict()),
         "rng": capture_rng_state(),
         "config": copy.deepcopy(dict(config)),
     }
     for name, module in modules.items():
-        state[name] = _to_cpu(module.state_dict())
+        state[name] = cpu_state_copy(module.state_dict())
     for name, optimizer in optimizers.items():
-        state[name] = _to_cpu(optimizer.state_dict())
+        state[name] = cpu_state_copy(optimizer.state_dict())
     return state
 
 
@@ -166,7 +148,7 @@ def restore_snapshot(
             f"(checkpoint: {'on' if stored_norm is not None else 'off'})"
         )
     if obs_norm is not None:
-        obs_norm.load_state_dict(_to_cpu(stored_norm))
+        obs_norm.load_state_dict(cpu_state_copy(stored_norm))
     if restore_rng:
         restore_rng_state(state["rng"])
 
