@@ -80,6 +80,19 @@ def _draw_limit(ax: Any, cost_limit: float | None) -> None:
         ax.axhline(float(cost_limit), label=f"cost limit d = {cost_limit:g}", **_LIMIT_STYLE)
 
 
+def _finish_axes(
+    ax: Any, *, x_label: str, y_label: str, title: str | None, limit: float | None
+) -> None:
+    """Limit line (when ``limit`` is given), labels, title, grid and legend of one panel."""
+    _draw_limit(ax, limit)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    if title is not None:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+
+
 def plot_learning_curves(
     csv_or_frame: Frame | Mapping[str, Frame],
     out_png: str | os.PathLike,
@@ -119,13 +132,8 @@ def plot_learning_curves(
         for label, df in frames.items():
             xs, ys = _series(df, x, metric)
             ax.plot(xs, ys, marker="." if xs.size < 30 else None, label=label or metric)
-        if _is_cost(metric):
-            _draw_limit(ax, cost_limit)
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(y_label)
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        limit = cost_limit if _is_cost(metric) else None
+        _finish_axes(ax, x_label=x_label, y_label=y_label, title=metric, limit=limit)
     if title:
         fig.suptitle(title)
     return _save(fig, out_png)
@@ -215,13 +223,10 @@ def plot_curves_with_ci(
             (line,) = ax.plot(grid, mean, label=f"{label} (n={len(frames)})")
             if np.isfinite(half).any():
                 ax.fill_between(grid, mean - half, mean + half, alpha=0.2, color=line.get_color())
-        if _is_cost(metric):
-            _draw_limit(ax, cost_limit)
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(f"{y_label} (mean, 95% CI)")
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        limit = cost_limit if _is_cost(metric) else None
+        _finish_axes(
+            ax, x_label=x_label, y_label=f"{y_label} (mean, 95% CI)", title=metric, limit=limit
+        )
     if title:
         fig.suptitle(title)
     return _save(fig, out_png)
@@ -333,12 +338,8 @@ def plot_meta_training(
             xs, ys = _series(df, x, column)
             mean_line = column.count("/") == 1  # meta/return: the mean over tasks
             ax.plot(xs, ys, label=column, linewidth=2.0 if mean_line else 1.0)
-        if is_cost:
-            _draw_limit(ax, cost_limit)
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(y_label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        limit = cost_limit if is_cost else None
+        _finish_axes(ax, x_label=x_label, y_label=y_label, title=None, limit=limit)
     if title:
         fig.suptitle(title)
     return _save(fig, out_png)
