@@ -293,24 +293,38 @@ def device_check(value: str) -> bool:
     return True
 
 
-def env_id_check(*extra_ids: str) -> Callable[[str], bool]:
+def env_id_check(*extra_ids: str, state_vector: bool = False) -> Callable[[str], bool]:
     """A ``check`` for task ids: :func:`cmo_rl.envs.registry.validate_env_id`, plus ``extra_ids``.
 
     ``extra_ids`` are accepted as-is (e.g. a mock env's id used in smoke tests). The returned
-    callable raises ``ValueError`` with close-match suggestions for an unknown id.
+    callable raises ``ValueError`` with close-match suggestions for an unknown id. With
+    ``state_vector=True`` (the recipes and ``cmo``, whose MLP policies read one flat
+    ``observation``) pixel-observation ids are refused too, naming their state-based twin.
 
-    >>> check = env_id_check("MockCMDP-v0")
-    >>> check("MockCMDP-v0")
-    True
+    >>> check = env_id_check("MockCMDP-v0", state_vector=True)
+    >>> check("MockCMDP-v0"), check("SafetyPointGoal1-v0")
+    (True, True)
+    >>> try:
+    ...     check("SafetyPointGoal1Vision-v0")
+    ... except ValueError as err:
+    ...     print(str(err)[:72])
+    'SafetyPointGoal1Vision-v0' observes pixels (a dict of sensors and a 'vi
     """
     extra = frozenset(extra_ids)
 
     def env_id(value: str) -> bool:
         if value in extra:
             return True
-        from cmo_rl.envs.registry import validate_env_id
+        from cmo_rl.envs.registry import has_pixel_observations, validate_env_id
 
         validate_env_id(value)
+        if state_vector and has_pixel_observations(value):
+            twin = value.replace("Vision-v", "-v")
+            raise ValueError(
+                f"{value!r} observes pixels (a dict of sensors and a 'vision' image), but the "
+                f"MLP policies here take the flat state vector 'observation': use {twin!r} "
+                "(make_safety_env builds pixel tasks for your own pipelines)"
+            )
         return True
 
     return env_id

@@ -45,7 +45,7 @@ DEFAULT_CONFIG = CONF_DIR / "default.yaml"
 #: The task id of :class:`cmo_rl.testing.MockCMDPEnv` (tests and smoke runs).
 MOCK_ENV_ID = "MockCMDP-v0"
 
-_env_id = env_id_check(MOCK_ENV_ID)
+_env_id = env_id_check(MOCK_ENV_ID, state_vector=True)
 
 
 def by_optimizer_type(kind: str, lstm: Any, pid: Any) -> Any:

@@ -54,7 +54,7 @@ def _known_methods(values: list) -> bool:
 
 
 def _task_ids(values: list) -> bool:
-    check = env_id_check(MOCK_ENV_ID)
+    check = env_id_check(MOCK_ENV_ID, state_vector=True)
     if not values or len(set(values)) != len(values):
         raise ValueError("needs at least one task, no duplicates")
     return all(check(v) for v in values)

@@ -258,3 +258,13 @@ def test_hydra_recipe_exit_codes_and_messages(tmp_path):
     added = run("+lrr=1")  # forced in with '+': the schema still catches it
     assert added.returncode == 2
     assert "lrr: unknown key (did you mean lr?)" in added.stderr
+
+
+def test_pixel_observation_task_is_refused_with_its_state_twin():
+    from cmo_rl.config import env_id_check
+
+    check = env_id_check(state_vector=True)
+    with pytest.raises(ValueError, match="'SafetyCarButton1-v0'"):
+        check("SafetyCarButton1Vision-v0")
+    assert check("SafetyCarButton1-v0")
+    assert env_id_check()("SafetyCarButton1Vision-v0")  # make_safety_env-level check accepts it

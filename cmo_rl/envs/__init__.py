@@ -23,7 +23,12 @@ if TYPE_CHECKING:
         fast_reset_refusal,
         supports_fast_reset,
     )
-    from cmo_rl.envs.registry import is_vision_task, safety_task_ids, validate_env_id
+    from cmo_rl.envs.registry import (
+        has_pixel_observations,
+        is_vision_task,
+        safety_task_ids,
+        validate_env_id,
+    )
     from cmo_rl.envs.safety import (
         SafetyGymnasiumBatchEnv,
         make_safety_env,
@@ -38,6 +43,7 @@ _LAZY = {
     "observation_norm": "cmo_rl.envs.safety",
     "StableVecNorm": "cmo_rl.envs.stable_vecnorm",
     "resolve_device": "cmo_rl.envs.safety",
+    "has_pixel_observations": "cmo_rl.envs.registry",
     "is_vision_task": "cmo_rl.envs.registry",
     "safety_task_ids": "cmo_rl.envs.registry",
     "validate_env_id": "cmo_rl.envs.registry",
@@ -58,6 +64,7 @@ __all__ = [
     "enable_fast_reset",
     "fast_reset_enabled",
     "fast_reset_refusal",
+    "has_pixel_observations",
     "is_vision_task",
     "make_env",
     "make_safety_env",

@@ -11,10 +11,15 @@ and that run headless:
   and ``Safety{robot}Run0-v0``;
 * **velocity**: ``Safety{HalfCheetah,Hopper,Ant,Walker2d,Swimmer,Humanoid}Velocity-v{0,1}``;
 * **vision** (with ``include_vision=True``): the ``...Vision-v0`` variants of the above, and the
-  vision suite ``Race{0,1,2}`` / ``FadingEasy{0,1,2}`` / ``FadingHard{0,1,2}`` (plain and ``Vision``).
+  vision suite ``FadingEasy{0,1,2}`` / ``FadingHard{0,1,2}`` (plain and ``Vision``). ``...Vision``
+  ids observe a dict of sensors plus a ``vision`` image (:func:`has_pixel_observations`), which
+  the recipes' MLP policies cannot take; the plain Fading ids observe a state vector.
 
-Dropped: the ``...Gymnasium-v*`` ids (gymnasium's 5-tuple API, cost moved into ``info``) and the
-``...Debug-v0`` ids (keyboard-driven, they need a window).
+Dropped: the ``...Gymnasium-v*`` ids (gymnasium's 5-tuple API, cost moved into ``info``), the
+``...Debug-v0`` ids (keyboard-driven, they need a window) and the ``Race{0,1,2}`` ids (plain and
+``Vision``): their scene loads a ``village_floor`` texture that the safety-gymnasium 1.0.0 wheel
+does not ship, so MuJoCo fails to build them ("PNG file load error"); :func:`validate_env_id`
+says so.
 
 >>> ids = safety_task_ids()
 >>> "SafetyPointGoal1-v0" in ids, "SafetyPointGoal1Vision-v0" in ids
@@ -31,7 +36,7 @@ import re
 
 from cmo_rl.envs import compat as _compat  # noqa: F401  (import shim before safety_gymnasium)
 
-__all__ = ["is_vision_task", "safety_task_ids", "validate_env_id"]
+__all__ = ["has_pixel_observations", "is_vision_task", "safety_task_ids", "validate_env_id"]
 
 _ROBOTS = "Point|Car|Racecar|Doggo|Ant"
 _NAVIGATION = re.compile(rf"^Safety(?:{_ROBOTS})(?:Goal|Button|Push|Circle|Run)\d-v\d+$")
@@ -40,6 +45,8 @@ _VISION = re.compile(
     rf"^Safety(?:{_ROBOTS})"
     r"(?:(?:Goal|Button|Push|Circle|Run)\dVision|(?:Race|FadingEasy|FadingHard)\d(?:Vision)?)-v\d+$"
 )
+#: Registered, but unbuildable with the 1.0.0 wheel (a texture file is missing from the package).
+_MISSING_ASSET = re.compile(rf"^Safety(?:{_ROBOTS})Race\d(?:Vision)?-v\d+$")
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,7 +60,13 @@ def _registered_ids() -> frozenset[str]:
 @functools.lru_cache(maxsize=2)
 def _task_ids(include_vision: bool) -> tuple[str, ...]:
     keep = [_NAVIGATION, _VELOCITY] + ([_VISION] if include_vision else [])
-    return tuple(sorted(i for i in _registered_ids() if any(p.match(i) for p in keep)))
+    return tuple(
+        sorted(
+            i
+            for i in _registered_ids()
+            if any(p.match(i) for p in keep) and not _MISSING_ASSET.match(i)
+        )
+    )
 
 
 def safety_task_ids(include_vision: bool = False) -> list[str]:
@@ -63,7 +76,7 @@ def safety_task_ids(include_vision: bool = False) -> list[str]:
         include_vision: also list the pixel-observation tasks (``...Vision-v0``, Race, Fading).
 
     >>> len(safety_task_ids()), len(safety_task_ids(include_vision=True))
-    (77, 232)
+    (77, 202)
     """
     return list(_task_ids(bool(include_vision)))
 
@@ -75,6 +88,16 @@ def is_vision_task(env_id: str) -> bool:
     (True, False)
     """
     return _VISION.match(env_id) is not None
+
+
+def has_pixel_observations(env_id: str) -> bool:
+    """Whether ``env_id`` observes a dict of sensors plus a ``vision`` image (a ``...Vision`` id)
+    instead of one flat ``observation`` vector.
+
+    >>> has_pixel_observations("SafetyPointGoal1Vision-v0"), has_pixel_observations("SafetyPointGoal1-v0")
+    (True, False)
+    """
+    return _VISION.match(env_id) is not None and "Vision-v" in env_id
 
 
 def validate_env_id(env_id: str) -> str:
@@ -93,6 +116,12 @@ def validate_env_id(env_id: str) -> str:
     valid = _task_ids(True)
     if env_id in valid:
         return env_id
+    if _MISSING_ASSET.match(env_id) and env_id in _registered_ids():
+        raise ValueError(
+            f"{env_id!r} cannot be built with safety-gymnasium 1.0.0: the Race scene loads a "
+            "'village_floor' texture that the package does not ship (MuJoCo: PNG file load "
+            "error); pick another task (cmo_rl.envs.safety_task_ids() lists the ones that build)"
+        )
     hint = ""
     if env_id in _registered_ids() and "Debug" in env_id:
         hint = " (a keyboard-driven Debug variant: it needs a window, use the id without 'Debug')"

@@ -72,7 +72,7 @@ def collector_check(block: Mapping[str, Any]) -> bool:
 
 COMMON: dict[str, Field] = {
     # task
-    "env_id": Field(str, check=env_id_check(MOCK_ENV_ID)),
+    "env_id": Field(str, check=env_id_check(MOCK_ENV_ID, state_vector=True)),
     "num_envs": Field(int, ge=1),
     "max_episode_steps": Field(int, ge=1, nullable=True),
     "normalize_observations": Field(bool),
