@@ -36,9 +36,40 @@ METHODS = {  # recipe file -> (run-directory name, label)
     "pid_lagrangian": ("pid_lag", "PID-Lag"),
     "cpo": ("cpo", "CPO"),
 }
-#: OmniSafe's published SafetyHalfCheetahVelocity-v1 results (10M steps, cost limit 25):
-#: (return, cost) of the final policy.
-OMNISAFE_10M = {"ppo_lagrangian": (2946, 3.4), "pid_lagrangian": (2838, 8.1), "cpo": (2786, 4.7)}
+#: OmniSafe v0.5.0's published on-policy benchmark (10M steps, cost limit 25, mean of 5 seeds):
+#: task -> recipe -> (return, cost) of the final policy (PPOLag, CPPOPID, CPO).
+OMNISAFE_10M = {
+    "SafetyPointGoal1-v0": {
+        "ppo_lagrangian": (12.96, 25.80),
+        "pid_lagrangian": (8.43, 25.74),
+        "cpo": (20.46, 28.84),
+    },
+    "SafetyCarGoal1-v0": {
+        "ppo_lagrangian": (13.27, 21.72),
+        "pid_lagrangian": (10.60, 30.66),
+        "cpo": (25.52, 43.32),
+    },
+    "SafetyPointButton1-v0": {
+        "ppo_lagrangian": (4.60, 20.8),
+        "pid_lagrangian": (1.18, 29.42),
+        "cpo": (4.04, 40.00),
+    },
+    "SafetyHalfCheetahVelocity-v1": {
+        "ppo_lagrangian": (2946, 3.4),
+        "pid_lagrangian": (2838, 8.1),
+        "cpo": (2786, 4.7),
+    },
+    "SafetyHopperVelocity-v1": {
+        "ppo_lagrangian": (961.92, 13.96),
+        "pid_lagrangian": (1713.29, 8.96),
+        "cpo": (1713.71, 13.40),
+    },
+    "SafetyAntVelocity-v1": {
+        "ppo_lagrangian": (3261.87, 12.05),
+        "pid_lagrangian": (3213.36, 14.30),
+        "cpo": (3098.54, 14.12),
+    },
+}
 
 
 def recipe_command(name: str, args: argparse.Namespace, run_root: Path) -> list[str]:
@@ -84,12 +115,14 @@ def markdown_table(rows: dict[str, dict[str, float]], args: argparse.Namespace) 
         "| train cost | wall time | OmniSafe 10M return / cost |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    reference = OMNISAFE_10M.get(args.env_id, {})
     for name, row in rows.items():
-        ref_return, ref_cost = OMNISAFE_10M[name]
+        ref = reference.get(name)
+        ref_text = f"{ref[0]:g} / {ref[1]:g}" if ref else "not published"
         lines.append(
-            f"| {METHODS[name][1]} | {row['eval_return']:.0f} | {row['eval_cost']:.1f} "
-            f"| {row['train_return']:.0f} | {row['train_cost']:.1f} "
-            f"| {row['wall_s'] / 60:.0f} min | {ref_return} / {ref_cost} |"
+            f"| {METHODS[name][1]} | {row['eval_return']:.1f} | {row['eval_cost']:.1f} "
+            f"| {row['train_return']:.1f} | {row['train_cost']:.1f} "
+            f"| {row['wall_s'] / 60:.0f} min | {ref_text} |"
         )
     return "\n".join(lines)
 
