@@ -112,6 +112,7 @@ COMMON: dict[str, Field] = {
 }
 
 PPO: dict[str, Field] = {
+    "distribution": Field(str, choices=("normal", "tanh_normal")),
     "lr_decay": Field(bool),
     "clip_epsilon": Field(float, gt=0, lt=1),
     "entropy_coeff": Field(float, ge=0),

@@ -92,7 +92,8 @@ def make_envs(cfg: Mapping[str, Any]) -> tuple[TransformedEnv, TransformedEnv]:
 
 def make_agent(cfg: Mapping[str, Any], env: TransformedEnv, device: torch.device) -> ActorCritic:
     """``ActorCritic(actor, critic, cost_critic)`` with ``hidden_layers``, ``activation``,
-    ``init_log_std`` from the config, on ``device``.
+    ``init_log_std`` and (optional, default ``"normal"``) ``distribution`` from the config, on
+    ``device``.
 
     >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0)
     >>> cfg = {"hidden_layers": [8], "activation": "tanh", "init_log_std": -0.5}
@@ -105,6 +106,7 @@ def make_agent(cfg: Mapping[str, Any], env: TransformedEnv, device: torch.device
         hidden_layers=[int(h) for h in cfg["hidden_layers"]],
         activation=str(cfg["activation"]),
         init_log_std=float(cfg["init_log_std"]),
+        distribution=str(cfg.get("distribution", "normal")),
         device=device,
     )
 

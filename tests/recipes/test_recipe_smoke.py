@@ -88,3 +88,24 @@ def test_nan_policy_skip_counts_and_raise_stops(tmp_path):
         train("ppo_lagrangian", [*blow_up, "nan_policy=raise", f"run_root={tmp_path / 'raise'}"])
     stopped = the_run(tmp_path / "raise", "ppo_lagrangian")
     assert load_checkpoint(latest_checkpoint(stopped))["step"] == 0  # the last good state
+
+
+@pytest.mark.parametrize("name", ["ppo_lagrangian", "pid_lagrangian"])
+def test_tanh_normal_policy(name, tmp_path):
+    """``distribution=tanh_normal`` trains without skipped updates, and such an actor's actions
+    stay inside the action bounds (a wide Normal's samples do not)."""
+    import torch
+
+    from cmo_rl.envs import make_env
+    from cmo_rl.training.setup import make_agent
+
+    run = train(name, [*TINY, "distribution=tanh_normal", f"run_root={tmp_path}"])
+    df = metrics(run)
+    assert df["train/episode_return"].notna().all() and (df["train/skipped_updates"] == 0).all()
+    env = make_env("MockCMDP-v0", num_envs=64, seed=0)
+    cfg = {"hidden_layers": [64, 64], "activation": "tanh", "init_log_std": 1.0}
+    for distribution, bounded in (("tanh_normal", True), ("normal", False)):
+        actor = make_agent({**cfg, "distribution": distribution}, env, torch.device("cpu"))[0]
+        action = actor(env.reset())["action"]
+        high = env.action_spec.space.high
+        assert bool((action.abs() <= high).all()) == bounded, distribution
