@@ -368,7 +368,13 @@ def measure_task(task: str, args: argparse.Namespace, log: Callable[[Row], None]
             batch = n * horizon // 4  # T/4 steps per env per batch
             for policy in policies if extras else ():  # random policy too: often the fastest
                 actor = make_actor(env) if policy else None
-                collector = Collector(env, actor, frames_per_batch=batch, total_frames=-1)
+                collector = Collector(
+                    env,
+                    actor,
+                    frames_per_batch=batch,
+                    total_frames=-1,
+                    auto_register_policy_transforms=False,  # the actor needs no InitTracker
+                )
                 result = time_collector(collector, batch, 4 * episodes)
                 record("c Collector(make_safety_env)", 1, reset, policy, str(n), result)
             env.close()
@@ -397,7 +403,12 @@ def measure_task(task: str, args: argparse.Namespace, log: Callable[[Row], None]
                     actor = make_actor(spec_env)
                     spec_env.close()
                 collector = MultiSyncCollector(
-                    fns, actor, frames_per_batch=batch, total_frames=-1, cat_results=0
+                    fns,
+                    actor,
+                    frames_per_batch=batch,
+                    total_frames=-1,
+                    cat_results=0,
+                    use_buffers=True,  # what torchrl infers (and warns about) when unset
                 )
                 result = time_collector(collector, batch, 4 * episodes)
                 variant = "c MultiSyncCollector(2 x make_safety_env)"

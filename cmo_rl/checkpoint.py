@@ -308,7 +308,7 @@ def cpu_state_copy(tree: Any) -> Any:
     >>> live = torch.nn.Linear(2, 1)
     >>> state = cpu_state_copy(live.state_dict())
     >>> with torch.no_grad():
-    ...     live.weight.add_(1.0)
+    ...     _ = live.weight.add_(1.0)
     >>> type(state).__name__, bool((state["weight"] + 1 == live.weight).all())
     ('OrderedDict', True)
     """

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
 import cmo_rl  # noqa: F401  (installs the safety-gymnasium import shim before any test imports it)
 from cmo_rl.testing import MockCMDPEnv
+
+# A process started in the background by a non-interactive shell (`cmd &`, `nohup`, some CI
+# runners) inherits SIGINT as *ignored*; Python then installs no KeyboardInterrupt handler, and
+# the Ctrl-C tests (and their subprocesses, which inherit the disposition) cannot work. Restore
+# the default so that they test the code, not how the suite was launched.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -150,7 +150,7 @@ def recipe_schema(*parts: Mapping[str, Field]) -> dict[str, Field]:
     """``COMMON`` merged with ``parts`` (a key in two parts must have the same rule).
 
     >>> sorted(set(recipe_schema(PPO, LAGRANGE)) - set(COMMON))[:3]
-    ['clip_epsilon', 'entropy_coeff', 'kl_early_stop']
+    ['clip_epsilon', 'distribution', 'entropy_coeff']
     """
     schema = dict(COMMON)
     for part in parts:
