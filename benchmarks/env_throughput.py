@@ -59,6 +59,7 @@ import torch
 
 import cmo_rl  # noqa: F401  (import shim: before safety_gymnasium and TorchRL's wrapper)
 from cmo_rl.envs.fast_reset import enable_fast_reset, supports_fast_reset
+from cmo_rl.training.parallel import shutdown_collector
 
 # isort: split
 import gymnasium
@@ -313,7 +314,7 @@ def time_collector(collector, frames_per_batch: int, batches: int):
     window.start()
     frames = sum(next(iterator).numel() for _ in range(batches))
     result = (frames, *window.stop())
-    collector.shutdown()
+    shutdown_collector(collector)  # also its weight-sync scheme: else the process hangs at exit
     assert frames == batches * frames_per_batch, (frames, batches, frames_per_batch)
     return result
 

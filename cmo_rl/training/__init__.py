@@ -67,6 +67,7 @@ _LAZY = {
             "WorkerCollector",
             "WorkerEnv",
             "WorkerSpec",
+            "shutdown_collector",
             "task_action_seed",
             "worker_action_seed",
             "worker_spec",

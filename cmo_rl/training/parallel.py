@@ -59,6 +59,7 @@ __all__ = [
     "WorkerCollector",
     "WorkerEnv",
     "WorkerSpec",
+    "shutdown_collector",
     "task_action_seed",
     "worker_action_seed",
     "worker_spec",
@@ -457,7 +458,26 @@ class WorkerCollector:
         """Stop the workers (idempotent)."""
         if self._collector is not None:
             collector, self._collector = self._collector, None
-            collector.shutdown()
+            shutdown_collector(collector)
+
+
+def shutdown_collector(collector: Any) -> None:
+    """``collector.shutdown()``, then shut its weight-sync schemes down too.
+
+    torchrl 0.14.1's ``MultiSyncCollector.shutdown`` leaves its ``SharedMemWeightSyncScheme``
+    alive; if that object is only collected at interpreter exit, its ``__del__`` puts a "stop"
+    on a multiprocessing queue, which starts a feeder thread during finalisation and hangs the
+    process forever (seen in ``benchmarks/env_throughput.py``). Shutting the schemes down while
+    the interpreter is alive makes their ``__del__`` a no-op.
+
+    >>> from torchrl.collectors import Collector
+    >>> from cmo_rl.testing import MockCMDPEnv
+    >>> collector = Collector(MockCMDPEnv(num_envs=2), None, frames_per_batch=4, total_frames=4)
+    >>> shutdown_collector(collector)  # no schemes: just ``shutdown()``
+    """
+    collector.shutdown()
+    for scheme in (getattr(collector, "_weight_sync_schemes", None) or {}).values():
+        scheme.shutdown()
 
 
 # ------------------------------------------------------------------------------------ meta-batch
