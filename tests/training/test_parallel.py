@@ -298,11 +298,6 @@ def test_recipe_collects_with_worker_processes(name, tmp_path):
     from hydra import compose, initialize_config_dir
 
     repo = Path(__file__).resolve().parents[2]
-    source = (repo / "recipes" / f"{name}.py").read_text()
-    if "worker_spec(" not in source:
-        pytest.skip(
-            f"recipes/{name}.py does not pass workers=worker_spec(cfg) to make_collector yet"
-        )
     spec = importlib.util.spec_from_file_location(f"recipe_{name}", repo / "recipes" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
