@@ -16,7 +16,7 @@ from types import ModuleType
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = ("ppo_lagrangian", "pid_lagrangian", "cpo")
+RECIPES = ("ppo_lagrangian", "pid_lagrangian", "cpo", "ppo")
 RUN_NAMES = {"ppo_lagrangian": "ppo_lag", "pid_lagrangian": "pid_lag", "cpo": "cpo", "ppo": "ppo"}
 
 #: A tiny mock-CMDP run: 4 envs x 25-step episodes, 200 steps per epoch.

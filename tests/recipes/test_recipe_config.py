@@ -37,6 +37,7 @@ def test_yaml_and_schema_have_the_same_keys_and_omnisafe_defaults(name):
                            "pid_kd": 0.01, "pid_d_delay": 10, "pid_delta_p_ema_alpha": 0.95,
                            "pid_delta_d_ema_alpha": 0.95, "lambda_max": 100.0},
         "cpo": {"update_iters": 10, "target_kl": 0.01},
+        "ppo": {"update_iters": 40, "target_kl": 0.02, "clip_epsilon": 0.2, "lr_decay": True},
     }[name]  # fmt: skip
     assert {k: plain[k] for k in expected} == expected
 

@@ -13,11 +13,13 @@ _ALGORITHM_COLUMNS = {
     "ppo_lagrangian": ["train/loss_objective", "train/clip_fraction", "train/kl", "train/entropy"],
     "pid_lagrangian": ["train/loss_objective", "train/pid_p", "train/pid_i", "train/pid_d"],
     "cpo": ["train/cpo_case", "train/cpo_line_search_steps", "train/kl"],
+    "ppo": ["train/loss_objective", "train/clip_fraction", "train/kl", "train/entropy"],
 }
 _CHECKPOINT_KEYS = {
     "ppo_lagrangian": {"policy", "value", "cost_value", "multiplier", "optimizer"},
     "pid_lagrangian": {"policy", "value", "cost_value", "multiplier", "optimizer"},
     "cpo": {"policy", "value", "cost_value", "optimizer"},
+    "ppo": {"policy", "value", "cost_value", "multiplier", "optimizer"},
 }
 
 
@@ -109,3 +111,18 @@ def test_tanh_normal_policy(name, tmp_path):
         action = actor(env.reset())["action"]
         high = env.action_spec.space.high
         assert bool((action.abs() <= high).all()) == bounded, distribution
+
+
+def test_ppo_is_ppo_lagrangian_with_lambda_held_at_zero(tmp_path):
+    """recipes/ppo.py makes the same updates as compare's ``ppo`` method (PPO-Lag with
+    lambda_init=0 and an unreachable limit): identical returns, costs and losses."""
+    ppo = metrics(train("ppo", [*TINY, f"run_root={tmp_path / 'a'}"]))
+    lag = metrics(
+        train("ppo_lagrangian", [*TINY, "lambda_init=0.0", "cost_limit=1e9",
+                                 f"run_root={tmp_path / 'b'}"])
+    )  # fmt: skip
+    assert (ppo["train/lambda"] == 0).all() and (lag["train/lambda"] == 0).all()
+    same = ["train/episode_return", "train/episode_cost", "train/loss_objective", "train/kl",
+            "eval/episode_return"]  # fmt: skip
+    assert ppo[same].equals(lag[same])
+    assert (ppo["train/violation"] == ppo["train/episode_cost"] - 3.0).all()  # the real limit
