@@ -410,3 +410,22 @@ def test_meta_test_summary_by_hand():
     assert all_train["objective"] == 4.5 and all_train["seeds"] == 2
     table = format_meta_test_table(summary)
     assert "+2.5 ± 19" in table and table.splitlines()[0].startswith("task")
+
+
+def test_multirun_writes_one_run_per_job_and_nothing_in_the_working_directory(tmp_path):
+    """``cmo -m meta_optimizer_type=lstm,pid``: a run directory per job, Hydra's multirun.yaml
+    under ``run_root/multirun/`` (not a ``multirun/`` folder wherever cmo was started)."""
+    short = [a for a in TINY if not a.startswith("total_meta_iters")]
+    out = run_cmo(
+        ["-m", "meta_optimizer_type=lstm,pid", *short, "total_meta_iters=1", "run_root=runs"],
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "meta_lstm", "meta_pid", "multirun"
+    ]  # fmt: skip
+    for kind in ("lstm", "pid"):
+        assert (the_run(tmp_path / "runs", kind) / "metrics.csv").exists()
+    (sweep,) = (tmp_path / "runs" / "multirun").iterdir()
+    assert [p.name for p in sweep.iterdir()] == ["multirun.yaml"]
