@@ -84,6 +84,7 @@ COMMON: dict[str, Field] = {
     "hidden_layers": Field(list, items=int, check=positive_items),
     "activation": Field(str, choices=_ACTIVATIONS),
     "init_log_std": Field(float, ge=-20, le=2),
+    "distribution": Field(str, choices=("normal", "tanh_normal")),
     # optimisation of the networks trained by gradient steps
     "lr": Field(float, gt=0),
     "update_iters": Field(int, ge=1),
@@ -112,7 +113,6 @@ COMMON: dict[str, Field] = {
 }
 
 PPO: dict[str, Field] = {
-    "distribution": Field(str, choices=("normal", "tanh_normal")),
     "lr_decay": Field(bool),
     "clip_epsilon": Field(float, gt=0, lt=1),
     "entropy_coeff": Field(float, ge=0),
@@ -150,7 +150,7 @@ def recipe_schema(*parts: Mapping[str, Field]) -> dict[str, Field]:
     """``COMMON`` merged with ``parts`` (a key in two parts must have the same rule).
 
     >>> sorted(set(recipe_schema(PPO, LAGRANGE)) - set(COMMON))[:3]
-    ['clip_epsilon', 'distribution', 'entropy_coeff']
+    ['clip_epsilon', 'entropy_coeff', 'kl_early_stop']
     """
     schema = dict(COMMON)
     for part in parts:

@@ -92,7 +92,7 @@ def test_nan_policy_skip_counts_and_raise_stops(tmp_path):
     assert load_checkpoint(latest_checkpoint(stopped))["step"] == 0  # the last good state
 
 
-@pytest.mark.parametrize("name", ["ppo_lagrangian", "pid_lagrangian"])
+@pytest.mark.parametrize("name", ["ppo_lagrangian", "pid_lagrangian", "cpo"])
 def test_tanh_normal_policy(name, tmp_path):
     """``distribution=tanh_normal`` trains without skipped updates, and such an actor's actions
     stay inside the action bounds (a wide Normal's samples do not)."""
@@ -104,6 +104,7 @@ def test_tanh_normal_policy(name, tmp_path):
     run = train(name, [*TINY, "distribution=tanh_normal", f"run_root={tmp_path}"])
     df = metrics(run)
     assert df["train/episode_return"].notna().all() and (df["train/skipped_updates"] == 0).all()
+    assert df["train/kl"].notna().all()
     env = make_env("MockCMDP-v0", num_envs=64, seed=0)
     cfg = {"hidden_layers": [64, 64], "activation": "tanh", "init_log_std": 1.0}
     for distribution, bounded in (("tanh_normal", True), ("normal", False)):
