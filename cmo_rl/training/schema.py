@@ -84,7 +84,7 @@ COMMON: dict[str, Field] = {
     "hidden_layers": Field(list, items=int, check=positive_items),
     "activation": Field(str, choices=_ACTIVATIONS),
     "init_log_std": Field(float, ge=-20, le=2),
-    "distribution": Field(str, choices=("normal", "tanh_normal")),
+    "distribution": Field(str, choices=("normal", "tanh_normal"), required=False),  # absent: normal
     # optimisation of the networks trained by gradient steps
     "lr": Field(float, gt=0),
     "update_iters": Field(int, ge=1),
