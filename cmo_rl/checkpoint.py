@@ -42,6 +42,7 @@ __all__ = [
     "checkpoint_path",
     "cpu_state_copy",
     "latest_checkpoint",
+    "list_checkpoints",
     "load_checkpoint",
     "prune_checkpoints",
     "restore_rng_state",
@@ -62,11 +63,12 @@ class CheckpointError(Exception):
     Attributes:
         path: the offending file.
 
-    >>> try:
-    ...     load_checkpoint("no/such/dir/step_000000000001.pt")
-    ... except CheckpointError as error:
-    ...     print(error.path.name)
-    step_000000000001.pt
+    Examples:
+        >>> try:
+        ...     load_checkpoint("no/such/dir/step_000000000001.pt")
+        ... except CheckpointError as error:
+        ...     print(error.path.name)
+        step_000000000001.pt
     """
 
     def __init__(self, path: str | os.PathLike, problem: str) -> None:
@@ -77,8 +79,9 @@ class CheckpointError(Exception):
 def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
     """``run_dir/checkpoints/step_<step, 12 digits>.pt``.
 
-    >>> checkpoint_path("runs/ppo_lag/X/20250101-000000", 4096).name
-    'step_000000004096.pt'
+    Examples:
+        >>> checkpoint_path("runs/ppo_lag/X/20250101-000000", 4096).name
+        'step_000000004096.pt'
     """
     step = int(step)
     if step < 0:
@@ -97,11 +100,12 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
-    >>> import tempfile, torch
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     p = save_checkpoint(f"{d}/ckpt.pt", {"step": 3, "w": torch.ones(2)})
-    ...     load_checkpoint(p)["w"]
-    tensor([1., 1.])
+    Examples:
+        >>> import tempfile, torch
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     p = save_checkpoint(f"{d}/ckpt.pt", {"step": 3, "w": torch.ones(2)})
+        ...     load_checkpoint(p)["w"]
+        tensor([1., 1.])
     """
     if not isinstance(state, Mapping):
         raise ValueError(f"checkpoint state must be a mapping, got {type(state).__name__}")
@@ -191,14 +195,15 @@ def _read_verified(path: Path) -> bytes:
 def verify_checkpoint(path: str | os.PathLike) -> None:
     """Check magic, version, length and checksum without unpickling; raise :class:`CheckpointError`.
 
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     p = save_checkpoint(f"{d}/c.pt", {"step": 1})
-    ...     _ = p.write_bytes(p.read_bytes()[:-3])  # cut the file short
-    ...     verify_checkpoint(p)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    cmo_rl.checkpoint.CheckpointError: checkpoint ...c.pt: truncated: ... payload bytes present
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     p = save_checkpoint(f"{d}/c.pt", {"step": 1})
+        ...     _ = p.write_bytes(p.read_bytes()[:-3])  # cut the file short
+        ...     verify_checkpoint(p)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cmo_rl.checkpoint.CheckpointError: checkpoint ...c.pt: truncated: ... payload bytes present
     """
     _read_verified(Path(path))
 
@@ -220,12 +225,13 @@ def load_checkpoint(
         CheckpointError: missing, truncated, corrupt (checksum), wrong format version, or not
             unpicklable; the message names the file. Nothing on disk is modified.
 
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     path = save_checkpoint(checkpoint_path(d, 8), {"step": 8, "w": torch.ones(2)})
-    ...     state = load_checkpoint(path)
-    >>> state["step"], state["w"]
-    (8, tensor([1., 1.]))
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = save_checkpoint(checkpoint_path(d, 8), {"step": 8, "w": torch.ones(2)})
+        ...     state = load_checkpoint(path)
+        >>> state["step"], state["w"]
+        (8, tensor([1., 1.]))
     """
     path = Path(path)
     payload = _read_verified(path)
@@ -240,28 +246,39 @@ def load_checkpoint(
     return state
 
 
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The ``checkpoints/step_<step>.pt`` files of ``run_dir``, oldest step first (unverified).
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = save_checkpoint(checkpoint_path(d, 100), {"step": 100})
+        ...     _ = save_checkpoint(checkpoint_path(d, 20), {"step": 20})
+        ...     [p.name for p in list_checkpoints(d)]
+        ['step_000000000020.pt', 'step_000000000100.pt']
+    """
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return [p for _, p in sorted(found) if p.is_file()]
+
+
 def latest_checkpoint(run_dir: str | os.PathLike, *, verify: bool = True) -> Path | None:
     """The ``checkpoints/step_<step>.pt`` of ``run_dir`` with the largest step, or ``None``.
 
     With ``verify=True`` (default) files failing :func:`verify_checkpoint` are skipped with a
     warning, so a resume falls back to the previous good checkpoint.
 
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     _ = save_checkpoint(checkpoint_path(d, 100), {"step": 100})
-    ...     _ = save_checkpoint(checkpoint_path(d, 20), {"step": 20})
-    ...     latest_checkpoint(d).name
-    'step_000000000100.pt'
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = save_checkpoint(checkpoint_path(d, 100), {"step": 100})
+        ...     _ = save_checkpoint(checkpoint_path(d, 20), {"step": 20})
+        ...     latest_checkpoint(d).name
+        'step_000000000100.pt'
     """
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    found = []
-    for p in folder.iterdir():
-        m = _STEP_FILE.match(p.name)
-        if m and p.is_file():
-            found.append((int(m.group(1)), p))
-    for _, p in sorted(found, reverse=True):
+    for p in reversed(list_checkpoints(run_dir)):
         if not verify:
             return p
         try:
@@ -276,22 +293,18 @@ def latest_checkpoint(run_dir: str | os.PathLike, *, verify: bool = True) -> Pat
 def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
     """Delete all but the ``keep_last`` newest ``step_<step>.pt`` files; return the deleted paths.
 
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     for s in (1, 2, 3):
-    ...         _ = save_checkpoint(checkpoint_path(d, s), {"step": s})
-    ...     [p.name for p in prune_checkpoints(d, keep_last=2)]
-    ['step_000000000001.pt']
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     for s in (1, 2, 3):
+        ...         _ = save_checkpoint(checkpoint_path(d, s), {"step": s})
+        ...     [p.name for p in prune_checkpoints(d, keep_last=2)]
+        ['step_000000000001.pt']
     """
     if int(keep_last) < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = sorted(
-        (int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))
-    )
-    doomed = [p for _, p in found[: max(0, len(found) - int(keep_last))]]
+    found = list_checkpoints(run_dir)
+    doomed = found[: max(0, len(found) - int(keep_last))]
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed
@@ -304,13 +317,14 @@ def cpu_state_copy(tree: Any) -> Any:
     leak in) and loadable on a machine without the training device. Dicts are shallow-copied
     first, so ``OrderedDict`` and the ``_metadata`` of module state dicts survive.
 
-    >>> import torch
-    >>> live = torch.nn.Linear(2, 1)
-    >>> state = cpu_state_copy(live.state_dict())
-    >>> with torch.no_grad():
-    ...     _ = live.weight.add_(1.0)
-    >>> type(state).__name__, bool((state["weight"] + 1 == live.weight).all())
-    ('OrderedDict', True)
+    Examples:
+        >>> import torch
+        >>> live = torch.nn.Linear(2, 1)
+        >>> state = cpu_state_copy(live.state_dict())
+        >>> with torch.no_grad():
+        ...     _ = live.weight.add_(1.0)
+        >>> type(state).__name__, bool((state["weight"] + 1 == live.weight).all())
+        ('OrderedDict', True)
     """
     if isinstance(tree, torch.Tensor):
         return tree.detach().to("cpu", copy=True)
@@ -334,12 +348,13 @@ def capture_rng_state() -> dict[str, Any]:
     ``load_checkpoint(..., weights_only=True)``. CUDA states (one per device) are included only
     where CUDA is available.
 
-    >>> import random, torch
-    >>> state = capture_rng_state()
-    >>> a = (random.random(), torch.rand(1).item())
-    >>> restore_rng_state(state)
-    >>> (random.random(), torch.rand(1).item()) == a
-    True
+    Examples:
+        >>> import random, torch
+        >>> state = capture_rng_state()
+        >>> a = (random.random(), torch.rand(1).item())
+        >>> restore_rng_state(state)
+        >>> (random.random(), torch.rand(1).item()) == a
+        True
     """
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (the global RNG)
@@ -365,12 +380,13 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     CUDA states are restored for as many devices as both the snapshot and this machine have (a
     warning says so when the counts differ); a snapshot without CUDA states leaves CUDA alone.
 
-    >>> import numpy as np
-    >>> state = capture_rng_state()
-    >>> a = np.random.rand()  # the global NumPy RNG
-    >>> restore_rng_state(state)
-    >>> bool(np.random.rand() == a)
-    True
+    Examples:
+        >>> import numpy as np
+        >>> state = capture_rng_state()
+        >>> a = np.random.rand()  # the global NumPy RNG
+        >>> restore_rng_state(state)
+        >>> bool(np.random.rand() == a)
+        True
     """
     missing = [k for k in ("python", "numpy", "torch") if k not in state]
     if missing:

@@ -18,7 +18,7 @@ unknown keys (with close-match hints), missing keys, wrong types (``bool`` is no
 ``int`` is a ``float``), out-of-range numbers, values outside ``choices``, bad list items, and
 failed per-key ``check`` callables.
 
-Recipes (Hydra) use :func:`run_cli` *inside* ``hydra.main`` so that the message is printed to
+Programs (Hydra) use :func:`cmo_rl.lifecycle.run_cli` *inside* ``hydra.main`` so that the message is printed to
 stderr without a traceback and the process exits with code 2::
 
     @hydra.main(config_path="config", config_name="ppo_lag", version_base=None)
@@ -36,21 +36,21 @@ the yaml and the schema, not in ``+key=`` overrides.
 from __future__ import annotations
 
 import difflib
-import functools
 import math
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from cmo_rl.signals import exit_code_for
 
 __all__ = [
     "ConfigError",
     "Field",
+    "Rule",
+    "TrackedConfig",
+    "check_override_keys",
     "device_check",
     "env_id_check",
-    "run_cli",
+    "layer_widths",
+    "not_blank",
     "validate_config",
 ]
 
@@ -61,9 +61,10 @@ _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str", list: "list
 class ConfigError(ValueError):
     """Invalid configuration; ``problems`` lists each one, the message joins them all.
 
-    >>> print(ConfigError(["seed: got -1, out of range; allowed: int >= 0"]))
-    invalid config (1 problem):
-      - seed: got -1, out of range; allowed: int >= 0
+    Examples:
+        >>> print(ConfigError(["seed: got -1, out of range; allowed: int >= 0"]))
+        invalid config (1 problem):
+          - seed: got -1, out of range; allowed: int >= 0
     """
 
     def __init__(self, problems: Sequence[str]) -> None:
@@ -81,7 +82,10 @@ class Field:
         type: ``int``, ``float``, ``str``, ``bool``, ``list`` or ``dict`` (or a tuple of them).
             ``float`` accepts ints; ``int`` rejects bools and floats; ``dict`` accepts any sub-config
             without checking its keys.
-        ge, gt, le, lt: inclusive / exclusive bounds for numbers.
+        ge: inclusive lower bound for numbers (``value >= ge``).
+        gt: exclusive lower bound for numbers (``value > gt``).
+        le: inclusive upper bound for numbers (``value <= le``).
+        lt: exclusive upper bound for numbers (``value < lt``).
         choices: the allowed values.
         items: element type for ``list`` values (same int/float rules).
         check: a callable run on the value; it raises ``ValueError(reason)`` or returns ``False``
@@ -89,8 +93,9 @@ class Field:
         required: a missing key is an error (else it may be absent).
         nullable: ``None`` (yaml ``null``) is allowed.
 
-    >>> Field(float, gt=0).describe(), Field(str, choices=("lstm", "pid")).describe()
-    ('float > 0', "one of ['lstm', 'pid']")
+    Examples:
+        >>> Field(float, gt=0).describe(), Field(str, choices=("lstm", "pid")).describe()
+        ('float > 0', "one of ['lstm', 'pid']")
     """
 
     type: type | tuple[type, ...]
@@ -240,40 +245,111 @@ def _validate(cfg: Any, schema: Schema, prefix: str) -> list[str]:
     return problems
 
 
-def validate_config(cfg: Any, schema: Schema) -> None:
-    """Check ``cfg`` (an OmegaConf ``DictConfig`` or a dict) against ``schema``.
+@dataclass(frozen=True)
+class Rule:
+    """A check that involves several keys (``steps_per_epoch`` a multiple of ``num_envs``).
+
+    Args:
+        keys: the dotted keys it reads; it runs only when each of them passed its own
+            :class:`Field` (a bad value is reported once, by its field).
+        check: ``check(cfg) -> list of problems`` (``"key: what is wrong"``), ``cfg`` a plain
+            dict of the resolved config.
+
+    Examples:
+        >>> def even(cfg):
+        ...     return [] if cfg["batch"] % cfg["envs"] == 0 else ["batch: not a multiple of envs"]
+        >>> schema = {"batch": Field(int, ge=1), "envs": Field(int, ge=1)}
+        >>> try:
+        ...     validate_config({"batch": 10, "envs": 3}, schema, [Rule(("batch", "envs"), even)])
+        ... except ConfigError as err:
+        ...     print(err.problems)
+        ['batch: not a multiple of envs']
+    """
+
+    keys: tuple[str, ...]
+    check: Callable[[Mapping[str, Any]], Sequence[str]]
+
+
+def _plain(cfg: Any) -> Any:
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def validate_config(cfg: Any, schema: Schema, rules: Sequence[Rule] = ()) -> None:
+    """Check ``cfg`` (an OmegaConf ``DictConfig`` or a dict) against ``schema`` and the
+    cross-key ``rules``.
 
     Raises:
-        ConfigError: every problem at once, each naming the dotted key, the bad value and the
-            allowed values.
+        ConfigError: every problem at once — single-key and cross-key — each naming the dotted
+            key, the bad value and the allowed values.
 
-    >>> schema = {"lr": Field(float, gt=0), "meta_batch_size": Field(int, ge=1),
-    ...           "meta_optimizer_type": Field(str, choices=("lstm", "pid"))}
-    >>> validate_config({"lr": 3e-4, "meta_batch_size": 4, "meta_optimizer_type": "pid"}, schema)
-    >>> try:
-    ...     validate_config({"lr": -1e-3, "meta_batch_size": 0, "meta_optimizer_type": "lsmt"},
-    ...                     schema)
-    ... except ConfigError as err:
-    ...     print(err)
-    invalid config (3 problems):
-      - lr: got -0.001, out of range; allowed: float > 0
-      - meta_batch_size: got 0, out of range; allowed: int >= 1
-      - meta_optimizer_type: got 'lsmt', allowed: one of ['lstm', 'pid'] (did you mean 'lstm'?)
+    Examples:
+        >>> schema = {"lr": Field(float, gt=0), "meta_batch_size": Field(int, ge=1),
+        ...           "meta_optimizer_type": Field(str, choices=("lstm", "pid"))}
+        >>> validate_config({"lr": 3e-4, "meta_batch_size": 4, "meta_optimizer_type": "pid"}, schema)
+        >>> try:
+        ...     validate_config({"lr": -1e-3, "meta_batch_size": 0, "meta_optimizer_type": "lsmt"},
+        ...                     schema)
+        ... except ConfigError as err:
+        ...     print(err)
+        invalid config (3 problems):
+          - lr: got -0.001, out of range; allowed: float > 0
+          - meta_batch_size: got 0, out of range; allowed: int >= 1
+          - meta_optimizer_type: got 'lsmt', allowed: one of ['lstm', 'pid'] (did you mean 'lstm'?)
     """
     problems = _validate(cfg, schema, "")
+    if rules:
+        bad = {p.split(":", 1)[0] for p in problems}
+        plain = None
+        for rule in rules:
+            if bad.intersection(rule.keys):
+                continue
+            if plain is None:
+                plain = _plain(cfg)
+            problems.extend(rule.check(plain))
     if problems:
         raise ConfigError(problems)
+
+
+def layer_widths(values: list) -> bool:
+    """``check`` for MLP layer widths: a non-empty list, each width ``>= 1``.
+
+    Examples:
+        >>> layer_widths([64, 64])
+        True
+        >>> layer_widths([])
+        Traceback (most recent call last):
+        ...
+        ValueError: needs at least one layer width, each >= 1
+    """
+    if not values or any(v < 1 for v in values):
+        raise ValueError("needs at least one layer width, each >= 1")
+    return True
+
+
+def not_blank(value: str) -> bool:
+    """``check`` for a string that must not be empty or blank (a path, a name).
+
+    Examples:
+        >>> not_blank("runs")
+        True
+    """
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return True
 
 
 def device_check(value: str) -> bool:
     """A torch device string that exists here (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
 
-    >>> device_check("cpu")
-    True
-    >>> device_check("gpu")
-    Traceback (most recent call last):
-    ...
-    ValueError: not a torch device string (use 'cpu', 'cuda' or 'cuda:<index>')
+    Examples:
+        >>> device_check("cpu")
+        True
+        >>> device_check("gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: not a torch device string (use 'cpu', 'cuda' or 'cuda:<index>')
     """
     import torch
 
@@ -301,14 +377,15 @@ def env_id_check(*extra_ids: str, state_vector: bool = False) -> Callable[[str],
     ``state_vector=True`` (the recipes and ``cmo``, whose MLP policies read one flat
     ``observation``) pixel-observation ids are refused too, naming their state-based twin.
 
-    >>> check = env_id_check("MockCMDP-v0", state_vector=True)
-    >>> check("MockCMDP-v0"), check("SafetyPointGoal1-v0")
-    (True, True)
-    >>> try:
-    ...     check("SafetyPointGoal1Vision-v0")
-    ... except ValueError as err:
-    ...     print(str(err)[:72])
-    'SafetyPointGoal1Vision-v0' observes pixels (a dict of sensors and a 'vi
+    Examples:
+        >>> check = env_id_check("MockCMDP-v0", state_vector=True)
+        >>> check("MockCMDP-v0"), check("SafetyPointGoal1-v0")
+        (True, True)
+        >>> try:
+        ...     check("SafetyPointGoal1Vision-v0")
+        ... except ValueError as err:
+        ...     print(str(err)[:72])
+        'SafetyPointGoal1Vision-v0' observes pixels (a dict of sensors and a 'vi
     """
     extra = frozenset(extra_ids)
 
@@ -330,42 +407,105 @@ def env_id_check(*extra_ids: str, state_vector: bool = False) -> Callable[[str],
     return env_id
 
 
-def run_cli(
-    main_fn: Callable[..., Any] | None = None, *, schema: Schema | None = None
-) -> Callable[..., Any]:
-    """Wrap a recipe's ``main(cfg)``: validate, run, and turn failures into clean exits.
+class TrackedConfig(Mapping[str, Any]):
+    """Read-only view of a nested plain-dict config that records which keys are read.
 
-    * ``ConfigError`` (from ``schema`` validation before ``main`` starts, or raised later):
-      the message alone goes to stderr (no traceback), exit code 2.
-    * ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM under :func:`cmo_rl.signals.graceful_shutdown`),
-      after the recipe's own ``finally`` blocks ran: one line to stderr, exit code 130 / 143.
+    Attribute or item access (``cfg.meta_lr``, ``cfg["meta_test"]["rounds"]``) of a leaf
+    records its dotted name; ``key in cfg`` does not. :meth:`unread` lists the leaves never
+    read: the test that every key of ``default.yaml`` is used runs the program on this view.
+    ``read`` names keys that are read elsewhere (e.g. the lifecycle's,
+    :data:`cmo_rl.lifecycle.Run.KEYS`).
 
-    Use as ``@run_cli`` or ``@run_cli(schema=SCHEMA)``, placed *below* ``@hydra.main`` (Hydra
-    would otherwise print its own traceback). ``functools.wraps`` keeps Hydra's lookup of the
-    recipe file working.
-
-    >>> @run_cli(schema={"lr": Field(float, gt=0)})
-    ... def main(cfg):
-    ...     return cfg["lr"] * 2
-    >>> main({"lr": 0.5})
-    1.0
+    Examples:
+        >>> cfg = TrackedConfig({"lr": 0.1, "sub": {"a": 1, "b": 2}})
+        >>> cfg.lr, cfg.sub.a, sorted(cfg.unread())
+        (0.1, 1, ['sub.b'])
     """
-    if main_fn is None:
-        return functools.partial(run_cli, schema=schema)
 
-    @functools.wraps(main_fn)
-    def wrapper(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        _prefix: str = "",
+        _reads: set | None = None,
+        *,
+        read: Iterable[str] = (),
+    ):
+        self._data = data
+        self._prefix = _prefix
+        self._reads: set[str] = set(read) if _reads is None else _reads
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._data[key]
+        name = f"{self._prefix}{key}"
+        if isinstance(value, Mapping):
+            return TrackedConfig(value, f"{name}.", self._reads)
+        self._reads.add(name)
+        return value
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
         try:
-            if schema is not None:
-                validate_config(cfg, schema)
-            return main_fn(cfg, *args, **kwargs)
-        except ConfigError as err:
-            sys.stderr.write(f"{err}\n")
-            sys.stderr.flush()
-            raise SystemExit(2) from None
-        except KeyboardInterrupt as err:
-            sys.stderr.write(f"interrupted ({err or 'KeyboardInterrupt'}); exiting\n")
-            sys.stderr.flush()
-            raise SystemExit(exit_code_for(err)) from None
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"config has no key {self._prefix}{key!r}") from None
 
-    return wrapper
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def unread(self) -> set[str]:
+        """Dotted names of the leaves that were never read."""
+
+        def leaves(data: Mapping[str, Any], prefix: str) -> Iterator[str]:
+            for key, value in data.items():
+                if isinstance(value, Mapping):
+                    yield from leaves(value, f"{prefix}{key}.")
+                else:
+                    yield f"{prefix}{key}"
+
+        return set(leaves(self._data, self._prefix)) - self._reads
+
+
+def check_override_keys(args: Sequence[str], schema: Schema) -> None:
+    """Reject command-line overrides of keys that are not in ``schema`` (``meta_lrr=1``,
+    ``+foo=1``) with the same one-message :class:`ConfigError` as other config problems, before
+    Hydra (whose struct-mode error would exit with code 1) sees them. Hydra's own settings
+    (``hydra.*``, ``-m``), config-group choices (``preset=quick``, ``hydra/launcher=...``) pass.
+
+    Examples:
+        >>> schema = {"meta_lr": Field(float), "meta_test": {"rounds": Field(int)}}
+        >>> check_override_keys(["meta_lr=1e-3", "meta_test.rounds=2", "preset=quick", "-m"], schema)
+        >>> try:
+        ...     check_override_keys(["meta_lrr=1e-3"], schema)
+        ... except ConfigError as err:
+        ...     print(err)
+        invalid config (1 problem):
+          - meta_lrr: unknown key (did you mean meta_lr?)
+    """
+    problems = []
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if "/" in key or key.split(".", 1)[0] in ("hydra", "preset"):
+            continue  # Hydra's own settings and config-group choices
+        node: Any = schema
+        for depth, part in enumerate(key.split(".")):
+            if not isinstance(node, Mapping) or part not in node:
+                known = list(node) if isinstance(node, Mapping) else []
+                close = difflib.get_close_matches(part, known, n=1)
+                prefix = ".".join(key.split(".")[:depth])
+                hint = (
+                    f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
+                )
+                problems.append(f"{key}: unknown key{hint}")
+                break
+            node = node[part]
+    if problems:
+        raise ConfigError(problems)

@@ -70,20 +70,32 @@ def _run_sort_key(path: Path) -> tuple[str, int]:
     return m.group(1), int(m.group(2) or 0)
 
 
-def find_runs(root: str | os.PathLike, recipe: str, env_id: str) -> list[Path]:
-    """Existing run directories of ``recipe`` on ``env_id``, oldest first.
+def find_runs(root: str | os.PathLike, recipe: str, env_id: str | None = None) -> list[Path]:
+    """Existing run directories of ``recipe`` on ``env_id`` (``None``: on any task), oldest
+    first (by their timestamp names).
 
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as root:
-    ...     a = make_run_dir(root, "ppo_lag", "MockCMDP-v0")
-    ...     b = make_run_dir(root, "ppo_lag", "MockCMDP-v0")
-    ...     find_runs(root, "ppo_lag", "MockCMDP-v0") == [a, b]
-    True
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     a = make_run_dir(root, "ppo_lag", "MockCMDP-v0")
+        ...     b = make_run_dir(root, "ppo_lag", "MockCMDP-v0")
+        ...     c = make_run_dir(root, "ppo_lag", "SafetyPointGoal1-v0")
+        ...     mine, every = find_runs(root, "ppo_lag", "MockCMDP-v0"), find_runs(root, "ppo_lag")
+        ...     mine == [a, b], set(every) == {a, b, c}
+        (True, True)
     """
-    parent = Path(root) / _check_name_part(recipe, "recipe") / _check_name_part(env_id, "env_id")
-    if not parent.is_dir():
-        return []
-    runs = [p for p in parent.iterdir() if p.is_dir() and _RUN_NAME.match(p.name)]
+    program = Path(root) / _check_name_part(recipe, "recipe")
+    if env_id is not None:
+        parents = [program / _check_name_part(env_id, "env_id")]
+    else:
+        parents = sorted(p for p in program.iterdir() if p.is_dir()) if program.is_dir() else []
+    runs = [
+        p
+        for parent in parents
+        if parent.is_dir()
+        for p in parent.iterdir()
+        if p.is_dir() and _RUN_NAME.match(p.name)
+    ]
     return sorted(runs, key=_run_sort_key)
 
 
@@ -110,13 +122,14 @@ def make_run_dir(
     Returns:
         The run directory (existing when resuming, freshly created otherwise).
 
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as root:
-    ...     first = make_run_dir(root, "ppo_lag", "MockCMDP-v0")
-    ...     second = make_run_dir(root, "ppo_lag", "MockCMDP-v0")  # same second: suffixed
-    ...     again = make_run_dir(root, "ppo_lag", "MockCMDP-v0", resume="latest")
-    ...     first != second, again == second, first.parent.name
-    (True, True, 'MockCMDP-v0')
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     first = make_run_dir(root, "ppo_lag", "MockCMDP-v0")
+        ...     second = make_run_dir(root, "ppo_lag", "MockCMDP-v0")  # same second: suffixed
+        ...     again = make_run_dir(root, "ppo_lag", "MockCMDP-v0", resume="latest")
+        ...     first != second, again == second, first.parent.name
+        (True, True, 'MockCMDP-v0')
     """
     parent = Path(root) / _check_name_part(recipe, "recipe") / _check_name_part(env_id, "env_id")
     if resume is not None:
@@ -321,16 +334,17 @@ class RunLogger:
     Every :meth:`log_scalars` call is flushed (CSV to the OS, TensorBoard's event file), and an
     ``atexit`` hook closes a logger that was not closed. Use it as a context manager.
 
-    >>> import tempfile, pandas as pd
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     with RunLogger(d, backends=("csv",)) as logger:
-    ...         logger.log_scalars({"train/episode_return": 1.5}, step=1000)
-    ...         logger.log_scalars({"eval/episode_cost": 2.0}, step=1000)  # same row
-    ...         logger.log_scalars({"train/episode_return": 3.0}, step=2000)
-    ...     print(pd.read_csv(f"{d}/metrics.csv").to_string(index=False))
-     step  train/episode_return  eval/episode_cost
-     1000                   1.5                2.0
-     2000                   3.0                NaN
+    Examples:
+        >>> import tempfile, pandas as pd
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     with RunLogger(d, backends=("csv",)) as logger:
+        ...         logger.log_scalars({"train/episode_return": 1.5}, step=1000)
+        ...         logger.log_scalars({"eval/episode_cost": 2.0}, step=1000)  # same row
+        ...         logger.log_scalars({"train/episode_return": 3.0}, step=2000)
+        ...     print(pd.read_csv(f"{d}/metrics.csv").to_string(index=False))
+         step  train/episode_return  eval/episode_cost
+         1000                   1.5                2.0
+         2000                   3.0                NaN
     """
 
     def __init__(
@@ -461,13 +475,14 @@ class RunLogger:
         When resuming a run that already has a ``config.yaml``, the original is kept and the new
         one goes to ``config.resume-<k>.yaml``.
 
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as d, RunLogger(d, backends=("csv",)) as logger:
-        ...     logger.log_hparams({"env_id": "MockCMDP-v0", "optim": {"lr": 3e-4}})
-        ...     print((logger.run_dir / "config.yaml").read_text().strip())
-        env_id: MockCMDP-v0
-        optim:
-          lr: 0.0003
+        Examples:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as d, RunLogger(d, backends=("csv",)) as logger:
+            ...     logger.log_hparams({"env_id": "MockCMDP-v0", "optim": {"lr": 3e-4}})
+            ...     print((logger.run_dir / "config.yaml").read_text().strip())
+            env_id: MockCMDP-v0
+            optim:
+              lr: 0.0003
         """
         from omegaconf import OmegaConf
 

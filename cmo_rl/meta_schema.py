@@ -27,12 +27,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cmo_rl.config import ConfigError, Field, device_check, env_id_check, validate_config
+from cmo_rl.config import ConfigError, Field, env_id_check, layer_widths, validate_config
+from cmo_rl.envs.factory import MOCK_ENV_ID
+from cmo_rl.lifecycle import RUN_FIELDS
 
 __all__ = [
     "CONF_DIR",
     "DEFAULT_CONFIG",
-    "MOCK_ENV_ID",
     "RESUMABLE_KEYS",
     "SCHEMA",
     "by_optimizer_type",
@@ -42,8 +43,6 @@ __all__ = [
 #: The folder of the Hydra config (package data) and its main file.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 DEFAULT_CONFIG = CONF_DIR / "default.yaml"
-#: The task id of :class:`cmo_rl.testing.MockCMDPEnv` (tests and smoke runs).
-MOCK_ENV_ID = "MockCMDP-v0"
 
 _env_id = env_id_check(MOCK_ENV_ID, state_vector=True)
 
@@ -99,18 +98,6 @@ def _train_env_ids(values: list) -> bool:
     return _non_empty(values) and env_ids_check(values)
 
 
-def _layer_widths(values: list) -> bool:
-    if not values or any(v < 1 for v in values):
-        raise ValueError("needs at least one layer width, each >= 1")
-    return True
-
-
-def _not_blank(value: str) -> bool:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return True
-
-
 def _seeds(values: list) -> bool:
     if not values or any(v < 0 for v in values):
         raise ValueError("needs at least one seed, each >= 0")
@@ -150,7 +137,7 @@ SCHEMA: dict[str, Any] = {
     "violation_scale": Field(float, gt=0, nullable=True),
     "gamma": Field(float, gt=0, le=1),
     "gae_lambda": Field(float, ge=0, le=1),
-    "hidden_layers": Field(list, items=int, check=_layer_widths),
+    "hidden_layers": Field(list, items=int, check=layer_widths),
     "critic_lr": Field(float, gt=0),
     "critic_steps": Field(int, ge=0),
     # meta-test
@@ -163,16 +150,7 @@ SCHEMA: dict[str, Any] = {
     },
     # logging, checkpoints
     "log_interval": Field(int, ge=1),
-    "checkpoint_interval": Field(int, ge=1),
-    "keep_checkpoints": Field(int, ge=1),
-    "run_root": Field(str, check=_not_blank),
-    "resume": Field(str, nullable=True),
-    "nan_policy": Field(str, choices=("skip", "raise")),
-    "progress": Field(bool),
-    # system
-    "seed": Field(int, ge=0),
-    "torch_threads": Field(int, ge=0),
-    "device": Field(str, check=device_check),
+    **RUN_FIELDS,  # run directory, resume, checkpoints, nan_policy, progress, system
 }
 
 #: Keys a resumed run may change: they do not alter the meta-training trajectory (or, like

@@ -29,7 +29,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
-__all__ = ["Terminated", "deferred_signals", "exit_code_for", "graceful_shutdown"]
+__all__ = [
+    "Terminated",
+    "deferred_signals",
+    "exit_code_for",
+    "graceful_shutdown",
+    "signal_name",
+]
 
 
 class Terminated(KeyboardInterrupt):
@@ -38,10 +44,11 @@ class Terminated(KeyboardInterrupt):
     Attributes:
         signum: the signal number (``signal.SIGTERM`` unless configured otherwise).
 
-    >>> import signal
-    >>> err = Terminated(signal.SIGTERM)
-    >>> isinstance(err, KeyboardInterrupt), err.signum == signal.SIGTERM
-    (True, True)
+    Examples:
+        >>> import signal
+        >>> err = Terminated(signal.SIGTERM)
+        >>> isinstance(err, KeyboardInterrupt), err.signum == signal.SIGTERM
+        (True, True)
     """
 
     def __init__(self, signum: int) -> None:
@@ -54,13 +61,27 @@ def exit_code_for(err: BaseException) -> int:
 
     :class:`Terminated` by SIGTERM gives 143; a plain :class:`KeyboardInterrupt` (Ctrl-C) gives 130.
 
-    >>> import signal
-    >>> exit_code_for(Terminated(signal.SIGTERM)), exit_code_for(KeyboardInterrupt())
-    (143, 130)
+    Examples:
+        >>> import signal
+        >>> exit_code_for(Terminated(signal.SIGTERM)), exit_code_for(KeyboardInterrupt())
+        (143, 130)
     """
     if isinstance(err, Terminated):
         return 128 + err.signum
     return 128 + int(signal.SIGINT)
+
+
+def signal_name(err: BaseException) -> str:
+    """The signal behind an interruption: ``"SIGTERM"`` for :class:`Terminated` by SIGTERM,
+    ``"SIGINT"`` for a plain :class:`KeyboardInterrupt` (Ctrl-C).
+
+    Examples:
+        >>> import signal
+        >>> signal_name(Terminated(signal.SIGTERM)), signal_name(KeyboardInterrupt())
+        ('SIGTERM', 'SIGINT')
+    """
+    signum = err.signum if isinstance(err, Terminated) else int(signal.SIGINT)
+    return signal.Signals(signum).name
 
 
 def _in_main_thread() -> bool:
@@ -78,15 +99,16 @@ def graceful_shutdown(signals: Sequence[int] = (signal.SIGTERM,)) -> Iterator[No
         signals: signal numbers to convert (default SIGTERM; add ``signal.SIGHUP`` for jobs that
             should survive a closed terminal only until they checkpoint).
 
-    >>> import os, signal
-    >>> try:
-    ...     with graceful_shutdown():
-    ...         os.kill(os.getpid(), signal.SIGTERM)
-    ...         for _ in range(10**6):  # the handler runs at the next bytecode boundary
-    ...             pass
-    ... except Terminated as err:
-    ...     print("cleanup ran after", signal.Signals(err.signum).name)
-    cleanup ran after SIGTERM
+    Examples:
+        >>> import os, signal
+        >>> try:
+        ...     with graceful_shutdown():
+        ...         os.kill(os.getpid(), signal.SIGTERM)
+        ...         for _ in range(10**6):  # the handler runs at the next bytecode boundary
+        ...             pass
+        ... except Terminated as err:
+        ...     print("cleanup ran after", signal.Signals(err.signum).name)
+        cleanup ran after SIGTERM
     """
     signals = tuple(int(s) for s in signals)
     if not signals:
@@ -131,14 +153,15 @@ def deferred_signals(
     handlers are back, so it has its usual effect right after the block. Outside the main thread
     this is a plain no-op context.
 
-    >>> import os, signal
-    >>> try:
-    ...     with deferred_signals():
-    ...         os.kill(os.getpid(), signal.SIGINT)
-    ...         done = "the critical section finished"
-    ... except KeyboardInterrupt:
-    ...     print(done, "before the interrupt")
-    the critical section finished before the interrupt
+    Examples:
+        >>> import os, signal
+        >>> try:
+        ...     with deferred_signals():
+        ...         os.kill(os.getpid(), signal.SIGINT)
+        ...         done = "the critical section finished"
+        ... except KeyboardInterrupt:
+        ...     print(done, "before the interrupt")
+        the critical section finished before the interrupt
     """
     if not _in_main_thread():
         yield

@@ -39,8 +39,9 @@ from cmo_rl.compare.aggregate import comparison_table, format_markdown, plot_stu
 from cmo_rl.compare.frozen import load_meta_optimizer
 from cmo_rl.compare.plan import METHODS, REPO, Budget, meta_training_spec, plan_runs
 from cmo_rl.compare.runner import collect, execute
-from cmo_rl.config import ConfigError, Field, device_check, env_id_check, run_cli
+from cmo_rl.config import ConfigError, Field, device_check, env_id_check
 from cmo_rl.envs.factory import MOCK_ENV_ID
+from cmo_rl.lifecycle import run_cli
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 META_KINDS = ("lstm", "pid")

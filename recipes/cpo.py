@@ -31,25 +31,23 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from cmo_rl.config import run_cli
-from cmo_rl.objectives import CPOUpdate
+from cmo_rl.lifecycle import NonFiniteError, run_cli
+from cmo_rl.objectives import CPOUpdate, CriticLoss
+from cmo_rl.seeding import seed_everything
 from cmo_rl.training.collection import finished_episodes
-from cmo_rl.training.guard import NonFiniteError, exit_on_nonfinite
 from cmo_rl.training.onpolicy import (
-    CriticLoss,
     compute_advantages,
     make_optimizer,
     minibatch_epochs,
     train_metrics,
 )
 from cmo_rl.training.run import TrainingRun
-from cmo_rl.training.schema import CPO, recipe_schema
+from cmo_rl.training.schema import CPO, RULES, recipe_schema
 from cmo_rl.training.setup import (
     make_agent,
     make_envs,
     make_estimators,
     make_run_collector,
-    seed_everything,
     set_torch_threads,
 )
 
@@ -150,10 +148,9 @@ def cpo_step(cpo: CPOUpdate, run: TrainingRun, flat, episode_cost, episode_lengt
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="cpo", version_base=None)
-@run_cli(schema=SCHEMA)
+@run_cli(schema=SCHEMA, rules=RULES)
 def main(cfg: DictConfig) -> None:
-    with exit_on_nonfinite():
-        train(cfg)
+    train(cfg)
 
 
 if __name__ == "__main__":

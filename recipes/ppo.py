@@ -20,11 +20,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from cmo_rl.config import run_cli
+from cmo_rl.lifecycle import run_cli
 from cmo_rl.objectives import LagrangeMultiplier
-from cmo_rl.training.guard import exit_on_nonfinite
 from cmo_rl.training.lagrangian_ppo import train_lagrangian_ppo
-from cmo_rl.training.schema import PPO, recipe_schema
+from cmo_rl.training.schema import PPO, RULES, recipe_schema
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 SCHEMA = recipe_schema(PPO)
@@ -48,10 +47,9 @@ def train(cfg: DictConfig) -> Path:
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="ppo", version_base=None)
-@run_cli(schema=SCHEMA)
+@run_cli(schema=SCHEMA, rules=RULES)
 def main(cfg: DictConfig) -> None:
-    with exit_on_nonfinite():
-        train(cfg)
+    train(cfg)
 
 
 if __name__ == "__main__":

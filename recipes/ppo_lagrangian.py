@@ -13,7 +13,8 @@ Each epoch, on a fresh batch of ``steps_per_epoch`` env steps:
    when :math:`KL(\\pi_{old} \\| \\pi_\\theta) >` ``target_kl``.
 
 The loop is :func:`cmo_rl.training.lagrangian_ppo.train_lagrangian_ppo`, shared with
-``recipes/pid_lagrangian.py``; this script supplies the multiplier (:func:`make_multiplier`).
+``recipes/pid_lagrangian.py``; this script supplies the multiplier
+(:func:`~cmo_rl.training.lagrangian_ppo.make_lagrange_multiplier`).
 Config: ``recipes/config/ppo_lagrangian.yaml``; run directory layout, metric names and
 checkpoints: ``docs/metrics.md``.
 """
@@ -23,41 +24,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
-from cmo_rl.config import run_cli
-from cmo_rl.objectives import LagrangeMultiplier
-from cmo_rl.training.guard import exit_on_nonfinite
-from cmo_rl.training.lagrangian_ppo import train_lagrangian_ppo
-from cmo_rl.training.schema import LAGRANGE, PPO, recipe_schema
+from cmo_rl.lifecycle import run_cli
+from cmo_rl.training.lagrangian_ppo import make_lagrange_multiplier, train_lagrangian_ppo
+from cmo_rl.training.schema import LAGRANGE, PPO, RULES, recipe_schema
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 SCHEMA = recipe_schema(PPO, LAGRANGE)
 
 
-def make_multiplier(cfg: DictConfig, device: torch.device) -> LagrangeMultiplier:
-    """:math:`\\lambda` and its own optimizer (``lambda_optimizer``, step ``lambda_lr``) on
-    :math:`J_C - d`, starting at ``lambda_init``."""
-    return LagrangeMultiplier(
-        cfg.cost_limit,
-        init=cfg.lambda_init,
-        lr=cfg.lambda_lr,
-        optimizer=cfg.lambda_optimizer,
-        device=device,
-    )
-
-
 def train(cfg: DictConfig) -> Path:
     """Train PPO-Lagrangian with ``cfg`` (validated); returns the run directory."""
-    return train_lagrangian_ppo(cfg, recipe="ppo_lag", make_multiplier=make_multiplier)
+    return train_lagrangian_ppo(cfg, recipe="ppo_lag", make_multiplier=make_lagrange_multiplier)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="ppo_lagrangian", version_base=None)
-@run_cli(schema=SCHEMA)
+@run_cli(schema=SCHEMA, rules=RULES)
 def main(cfg: DictConfig) -> None:
-    with exit_on_nonfinite():
-        train(cfg)
+    train(cfg)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ import torch
 import yaml
 
 from cmo_rl.checkpoint import latest_checkpoint, load_checkpoint
-from cmo_rl.cli import TRAINER_KEYS, _main, check_override_keys, train
+from cmo_rl.cli import _main, train
 from cmo_rl.config import ConfigError
+from cmo_rl.config import check_override_keys as _check_override_keys
+from cmo_rl.meta.trainer import TRAINER_KEYS
 from cmo_rl.meta_schema import CONF_DIR, SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,6 +190,10 @@ def test_each_bad_value_is_named(override, message, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def check_override_keys(args):
+    _check_override_keys(args, SCHEMA)
+
+
 def test_check_override_keys_accepts_hydra_flags_and_groups():
     check_override_keys(["preset=quick", "hydra.run.dir=.", "hydra/launcher=basic", "--cfg", "job"])
     check_override_keys(["meta_test.compare_baselines=true", "resume=null"])
@@ -348,7 +354,8 @@ def test_sigterm_checkpoints_and_resume_continues_identically(tmp_path):
     assert 2 <= step < 30  # row 3 is logged just before its snapshot is taken
     out = run_cmo([*args, "run_root=cut", f"resume={run}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"resumed {run} at meta-iteration {step}" in out.stdout
+    assert f"resumed {run} at step {step}" in out.stdout  # the lifecycle's message
+    assert out.stdout.splitlines()[-1] == f"finished: {run}"
     pd.testing.assert_frame_equal(
         metrics(run), metrics(the_run(tmp_path / "full")), check_exact=True
     )
@@ -358,8 +365,7 @@ def test_meta_test_pairs_runs_with_common_random_numbers():
     import copy
     import functools
 
-    from cmo_rl.meta import RolloutTaskSampler, make_meta_optimizer
-    from cmo_rl.meta_eval import frozen_runs, summarize_meta_test
+    from cmo_rl.meta import RolloutTaskSampler, make_meta_optimizer, meta_test, summarize_meta_test
     from cmo_rl.testing import MockCMDPEnv
 
     sampler = RolloutTaskSampler(
@@ -372,7 +378,7 @@ def test_meta_test_pairs_runs_with_common_random_numbers():
     faster = make_meta_optimizer("pid", init_etaR=0.3, init_etaC=0.1)
     torch.manual_seed(99)  # the rows must not depend on the global RNG
     kw = dict(seeds=[1, 2, 3], budget=2, cost_limit=1.0, mu=3.0, eval_episodes=3)
-    rows = frozen_runs({"initial": opt, "learned": copy.deepcopy(opt)}, sampler, **kw)
+    rows = meta_test({"initial": opt, "learned": copy.deepcopy(opt)}, sampler, **kw)
     assert len(rows) == 6 and {r["env_steps"] for r in rows} == {3 * 6 * 3}
     for r in rows:
         assert r["objective"] == r["return"] - 3.0 * max(0.0, r["cost"] - 1.0)
@@ -380,13 +386,13 @@ def test_meta_test_pairs_runs_with_common_random_numbers():
     change = next(e for e in summary if e["optimizer"] == "change")
     assert change["objective"] == 0.0 and change["objective_ci95"] == 0.0  # same optimizer
     assert change["eval_return"] == 0.0
-    other = frozen_runs({"initial": opt, "learned": faster}, sampler, **kw)
+    other = meta_test({"initial": opt, "learned": faster}, sampler, **kw)
     assert [r["return"] for r in other[::2]] == [r["return"] for r in rows[::2]]  # replayed
     assert [r["return"] for r in other[1::2]] != [r["return"] for r in rows[1::2]]
 
 
 def test_meta_test_summary_by_hand():
-    from cmo_rl.meta_eval import format_meta_test_table, summarize_meta_test
+    from cmo_rl.meta import format_meta_test_table, summarize_meta_test
 
     rows = []
     for env_id, split in (("A", "train"), ("B", "train"), ("H", "held-out")):

@@ -12,7 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cmo_rl.config import ConfigError, Field, device_check, env_id_check, run_cli, validate_config
+from cmo_rl.config import ConfigError, Field, Rule, device_check, env_id_check, validate_config
+from cmo_rl.lifecycle import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,6 +170,27 @@ def test_device_check():
         assert "CUDA device(s) here" in problems_of({"device": f"cuda:{n}"}, schema)[0]
 
 
+def test_single_key_and_cross_key_problems_come_in_one_message():
+    """A cross-key rule runs with the single-key checks (it used to be reported only after the
+    single-key problems were fixed); a rule that reads a key with its own problem is skipped."""
+    schema = {"num_envs": Field(int, ge=1), "batch": Field(int, ge=1), "lr": Field(float, gt=0)}
+
+    def multiple(cfg):
+        return [] if cfg["batch"] % cfg["num_envs"] == 0 else ["batch: not a multiple of num_envs"]
+
+    rules = [Rule(("num_envs", "batch"), multiple)]
+    with pytest.raises(ConfigError) as info:
+        validate_config({"num_envs": 3, "batch": 100, "lr": -1.0}, schema, rules)
+    assert info.value.problems == [
+        "lr: got -1.0, out of range; allowed: float > 0",
+        "batch: not a multiple of num_envs",
+    ]
+    with pytest.raises(ConfigError) as info:  # num_envs=0 is reported once, by its field
+        validate_config({"num_envs": 0, "batch": 100, "lr": 1.0}, schema, rules)
+    assert [p.split(":")[0] for p in info.value.problems] == ["num_envs"]
+    validate_config({"num_envs": 4, "batch": 100, "lr": 1.0}, schema, rules)
+
+
 def test_field_describe():
     assert Field(int, ge=1).describe() == "int >= 1"
     assert Field((int, str)).describe() == "int or str"
@@ -196,15 +218,18 @@ def test_run_cli_in_process(capsys):
     def interrupted(cfg):
         raise KeyboardInterrupt
 
+    capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         interrupted({})
     assert info.value.code == 130
+    assert capsys.readouterr().err == "interrupted (SIGINT); exiting\n"  # was "interrupted ()"
     assert main.__wrapped__.__name__ == "main"  # Hydra unwraps to find the recipe file
 
 
 HYDRA_APP = """
 import hydra
-from cmo_rl.config import Field, run_cli
+from cmo_rl.config import Field
+from cmo_rl.lifecycle import run_cli
 
 SCHEMA = {
     "lr": Field(float, gt=0),

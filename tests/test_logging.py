@@ -306,7 +306,7 @@ def test_graceful_shutdown_flushes_and_checkpoints_on_sigterm(tmp_path):
         import sys, time, itertools
         from pathlib import Path
         from cmo_rl.checkpoint import checkpoint_path, save_checkpoint
-        from cmo_rl.config import run_cli
+        from cmo_rl.lifecycle import run_cli
         from cmo_rl.logging import RunLogger
         from cmo_rl.signals import graceful_shutdown
 
@@ -337,7 +337,7 @@ def test_graceful_shutdown_flushes_and_checkpoints_on_sigterm(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "Traceback" not in err
-    assert "interrupted (received SIGTERM)" in err
+    assert "interrupted (SIGTERM); exiting" in err
     assert "SIGTERM received again while shutting down; ignored" in err
     from cmo_rl.checkpoint import latest_checkpoint, load_checkpoint
 

@@ -1,4 +1,4 @@
-"""The life of one training run: config and resume, logging, evaluation, checkpoints, shutdown.
+"""Epochs of a baseline recipe on the shared run lifecycle (:class:`cmo_rl.lifecycle.Run`).
 
 A recipe builds its env, networks and losses, then hands the bookkeeping to a
 :class:`TrainingRun` and keeps only its algorithm in the loop::
@@ -13,7 +13,11 @@ A recipe builds its env, networks and losses, then hands the bookkeeping to a
             run.end_epoch(batch, metrics)            # log, evaluate, snapshot, checkpoint
     # on exit (normal, Ctrl-C, SIGTERM, error): last snapshot saved, logger closed, curves plotted
 
-Metric names and the run layout are those of ``docs/metrics.md``; ``step`` is env steps.
+What is common to every program (run directory, resume, checkpoint policy, logger, signals,
+NaN guard) is :class:`~cmo_rl.lifecycle.Run`'s; this class adds what a recipe's epochs need:
+the env check, the checkpoint entries of :mod:`cmo_rl.training.run_state`, collection timing,
+the per-epoch ``train/``/``time/`` row, evaluation and the learning-curve plot. Metric names
+and the run layout are those of ``docs/metrics.md``; ``step`` is env steps.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +35,13 @@ from torch import nn
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
-from cmo_rl.checkpoint import (
-    CheckpointError,
-    checkpoint_path,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-)
 from cmo_rl.config import ConfigError
 from cmo_rl.envs.factory import max_episode_steps, observation_norm_of
-from cmo_rl.logging import RunLogger, make_run_dir
-from cmo_rl.signals import graceful_shutdown
-from cmo_rl.training.guard import NonFiniteGuard
+from cmo_rl.lifecycle import NonFiniteGuard, Run
+from cmo_rl.logging import RunLogger
 from cmo_rl.training.rollout_eval import eval_metrics, evaluate_policy, sync_observation_norm
-from cmo_rl.training.run_state import (
-    hydra_override_keys,
-    resolve_resume_config,
-    restore_snapshot,
-    take_snapshot,
-)
-from cmo_rl.training.schema import check_consistency
+from cmo_rl.training.run_state import RESUMABLE_KEYS, recipe_state, restore_snapshot
+from cmo_rl.training.schema import RULES, check_consistency
 
 __all__ = ["TrainingRun"]
 
@@ -65,8 +54,14 @@ _PLOTTED = (
 )
 
 
+def _check_resumed(cfg: Mapping[str, Any]) -> None:
+    problems = [p for rule in RULES for p in rule.check(cfg)]
+    if problems:
+        raise ConfigError(problems)
+
+
 class TrainingRun:
-    """Config/resume resolution, run directory, logger, evaluation and checkpoints of a recipe.
+    """The epochs of a recipe run: env check, checkpoint entries, logging, evaluation.
 
     Args:
         cfg: the recipe's config (validated against its schema already).
@@ -77,71 +72,61 @@ class TrainingRun:
         num_epochs: ``total_steps // steps_per_epoch``.
         epoch: epochs completed (0, or the resumed checkpoint's).
         step: env steps so far.
-        guard: the run's :class:`~cmo_rl.training.guard.NonFiniteGuard` (``nan_policy``).
+        guard: the run's :class:`~cmo_rl.lifecycle.guard.NonFiniteGuard` (``nan_policy``).
         run_dir: the run directory (set when the run is entered).
     """
 
     def __init__(self, cfg: DictConfig | Mapping[str, Any], recipe: str) -> None:
-        requested = (
-            OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        )
         self.recipe = recipe
-        self._state: dict[str, Any] | None = None
-        self._resume_dir: Path | None = None
-        if requested.get("resume"):
-            self._resume_dir, self._state = self._load_resume(requested)
-            requested = resolve_resume_config(
-                requested, self._state["config"], hydra_override_keys()
-            )
-            requested["resume"] = str(self._resume_dir)
-        check_consistency(requested)
-        self.cfg = OmegaConf.create(requested)
-        self.num_epochs = int(requested["total_steps"]) // int(requested["steps_per_epoch"])
-        self.epoch = int(self._state["epoch"]) if self._state else 0
-        self.step = int(self._state["step"]) if self._state else 0
-        self._time_base = float(self._state["time_total"]) if self._state else 0.0
+        self._run = Run(
+            cfg,
+            program=recipe,
+            task=lambda c: c["env_id"],
+            resumable=RESUMABLE_KEYS,
+            check=_check_resumed,
+            required_state=("config", "step", "epoch"),
+        )
+        state = self._run.state
+        self.cfg = OmegaConf.create(self._run.cfg)
+        self.num_epochs = int(self.cfg.total_steps) // int(self.cfg.steps_per_epoch)
+        self.epoch = int(state["epoch"]) if state else 0
+        self.step = int(state["step"]) if state else 0
         if self.epoch >= self.num_epochs:
             raise ConfigError(
                 [
-                    f"resume: the run in {self._resume_dir} already completed {self.epoch} of "
-                    f"{self.num_epochs} epochs; raise total_steps (now {requested['total_steps']}) "
+                    f"resume: the run in {self._run.run_dir} already completed {self.epoch} of "
+                    f"{self.num_epochs} epochs; raise total_steps (now {self.cfg.total_steps}) "
                     "to continue it"
                 ]
             )
-        self.guard = NonFiniteGuard(str(requested["nan_policy"]))
-        self.run_dir: Path | None = None
-        self.logger: RunLogger | None = None
         self._attached = False
-        self._snapshot: dict[str, Any] | None = None
-        self._snapshot_saved = False
-        self._stack: ExitStack | None = None
-        self._t0 = 0.0
         self._t_batch = 0.0
         self._t_collect = 0.0
-
-    # ------------------------------------------------------------------------------ resume
-    def _load_resume(self, requested: Mapping[str, Any]) -> tuple[Path, dict[str, Any]]:
-        try:
-            run_dir = make_run_dir(
-                requested["run_root"], self.recipe, requested["env_id"], resume=requested["resume"]
-            )
-        except ValueError as err:
-            raise ConfigError([f"resume: {err}"]) from None
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise ConfigError([f"resume: no valid checkpoint under {run_dir / 'checkpoints'}"])
-        try:
-            state = load_checkpoint(ckpt, map_location="cpu")
-        except CheckpointError as err:
-            raise ConfigError([f"resume: {err}"]) from None
-        if "config" not in state or "epoch" not in state:
-            raise ConfigError([f"resume: {ckpt} is not a checkpoint of a baseline recipe"])
-        return run_dir, state
 
     @property
     def resumed(self) -> bool:
         """Whether this run continues a checkpoint."""
-        return self._state is not None
+        return self._run.resumed
+
+    @property
+    def guard(self) -> NonFiniteGuard:
+        """The run's NaN guard (``nan_policy``)."""
+        return self._run.guard
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run directory (known on resume; created when the run is entered)."""
+        return self._run.run_dir
+
+    @property
+    def logger(self) -> RunLogger | None:
+        """The run's logger while the run is entered."""
+        return self._run.logger
+
+    @property
+    def time_total(self) -> float:
+        """Wall-clock seconds of the run so far, over all resumes."""
+        return self._run.time_total
 
     # ------------------------------------------------------------------------------ setup
     def check_env(self, env: EnvBase) -> None:
@@ -175,10 +160,10 @@ class TrainingRun:
         self._env, self._eval_env, self._policy = env, eval_env, policy
         self._modules = {"policy": policy, **modules}
         self._optimizers = dict(optimizers)
-        if self._state is not None:
+        if self._run.state is not None:
             try:
                 restore_snapshot(
-                    self._state,
+                    self._run.state,
                     modules=self._modules,
                     optimizers=self._optimizers,
                     obs_norm=observation_norm_of(env),
@@ -188,67 +173,30 @@ class TrainingRun:
         self._attached = True
 
     def _take_snapshot(self) -> None:
-        self._snapshot = take_snapshot(
-            step=self.step,
-            epoch=self.epoch,
-            time_total=self.time_total,
-            modules=self._modules,
-            optimizers=self._optimizers,
-            obs_norm=observation_norm_of(self._env),
-            config=OmegaConf.to_container(self.cfg, resolve=True),
+        self._run.snapshot(
+            self.step,
+            recipe_state(
+                epoch=self.epoch,
+                modules=self._modules,
+                optimizers=self._optimizers,
+                obs_norm=observation_norm_of(self._env),
+            ),
         )
-        self._snapshot_saved = False
-
-    def _save_snapshot(self) -> None:
-        if self._snapshot is None or self._snapshot_saved or self.run_dir is None:
-            return
-        save_checkpoint(checkpoint_path(self.run_dir, self._snapshot["step"]), self._snapshot)
-        prune_checkpoints(self.run_dir, int(self.cfg.keep_checkpoints))
-        self._snapshot_saved = True
-
-    @property
-    def time_total(self) -> float:
-        """Wall-clock seconds of the run so far, over all resumes."""
-        return self._time_base + (time.perf_counter() - self._t0 if self._t0 else 0.0)
 
     # ------------------------------------------------------------------------------ context
     def __enter__(self) -> TrainingRun:
         if not self._attached:
             raise RuntimeError("call TrainingRun.attach(...) before entering the run")
-        cfg = self.cfg
-        stack = ExitStack()
-        try:
-            stack.enter_context(graceful_shutdown())
-            if self._resume_dir is not None:
-                self.run_dir = self._resume_dir
-            else:
-                self.run_dir = make_run_dir(cfg.run_root, self.recipe, cfg.env_id)
-            self.logger = stack.enter_context(
-                RunLogger(
-                    self.run_dir,
-                    progress_total=int(cfg.total_steps) if cfg.progress else None,
-                    resume_step=self.step if self.resumed else None,
-                    progress_desc=f"{self.recipe} {cfg.env_id}",
-                )
-            )
-            self.logger.log_hparams(cfg)
-        except BaseException:
-            stack.close()
-            raise
-        self._stack = stack
-        self._t0 = time.perf_counter()
-        self._take_snapshot()
-        self._snapshot_saved = self.resumed  # the resumed checkpoint is this very state
+        self._run.on_close.append(self._plot)
+        self._run.open(
+            progress_total=int(self.cfg.total_steps),
+            progress_desc=f"{self.recipe} {self.cfg.env_id}",
+        ).__enter__()
+        self._take_snapshot()  # on resume: the resumed checkpoint is this very state
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        assert self._stack is not None
-        try:
-            self._save_snapshot()  # the last completed epoch, never a half-done update
-        finally:
-            self._stack.close()
-            self._stack = None
-            self._plot()
+        self._run.__exit__(exc_type, exc, tb)
 
     def _plot(self) -> None:
         import pandas as pd
@@ -318,7 +266,7 @@ class TrainingRun:
         self.logger.update(frames)
         self._take_snapshot()
         if self.epoch % int(cfg.checkpoint_interval) == 0 or self.epoch == self.num_epochs:
-            self._save_snapshot()
+            self._run.save()
 
     def evaluate(self) -> dict[str, float]:
         """Deterministic evaluation episodes now; logs and returns the ``eval/`` metrics."""

@@ -2,9 +2,10 @@
 
 ``COMMON`` holds the keys every recipe has (task, budget, model, critic training, evaluation,
 logging, system); ``PPO``, ``LAGRANGE``, ``PID`` and ``CPO`` the algorithm-specific ones.
-:func:`recipe_schema` merges them, and :func:`check_consistency` adds the checks that involve
-several keys. Both raise :class:`cmo_rl.config.ConfigError`, which the recipes' ``run_cli``
-turns into one message and exit code 2.
+:func:`recipe_schema` merges them; :data:`RULES` are the checks that involve several keys,
+reported together with the single-key problems in one :class:`cmo_rl.config.ConfigError`, which
+the recipes' ``run_cli`` turns into one message and exit code 2; :func:`check_consistency`
+adds the one check that needs the built env (the episode horizon).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cmo_rl.config import ConfigError, Field, device_check, env_id_check, validate_config
+from cmo_rl.config import ConfigError, Field, Rule, env_id_check, layer_widths, validate_config
 from cmo_rl.envs.factory import MOCK_ENV_ID
+from cmo_rl.lifecycle import RUN_FIELDS
 
 __all__ = [
     "COLLECTOR",
@@ -23,21 +25,13 @@ __all__ = [
     "LAGRANGE",
     "PID",
     "PPO",
+    "RULES",
     "check_consistency",
     "collector_check",
     "recipe_schema",
 ]
 
 _ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")
-
-
-def positive_items(values: list) -> bool:
-    """``check`` for a non-empty list of positive ints (layer widths)."""
-    if not values:
-        raise ValueError("needs at least one layer width")
-    if any(v < 1 for v in values):
-        raise ValueError("layer widths must be >= 1")
-    return True
 
 
 #: ``collector.backend`` values (:data:`cmo_rl.training.parallel.BACKENDS`).
@@ -54,14 +48,15 @@ COLLECTOR: dict[str, Field] = {
 def collector_check(block: Mapping[str, Any]) -> bool:
     """``check`` of the optional ``collector:`` block: its keys follow :data:`COLLECTOR`.
 
-    >>> collector_check({"backend": "multi_sync", "num_workers": 2, "envs_per_worker": None,
-    ...                  "ray_address": None})
-    True
-    >>> collector_check({"backend": "mpi", "num_workers": 2, "envs_per_worker": None,
-    ...                  "ray_address": None})
-    Traceback (most recent call last):
-    ...
-    ValueError: collector.backend: got 'mpi', allowed: one of ['sync', 'multi_sync', 'ray']
+    Examples:
+        >>> collector_check({"backend": "multi_sync", "num_workers": 2, "envs_per_worker": None,
+        ...                  "ray_address": None})
+        True
+        >>> collector_check({"backend": "mpi", "num_workers": 2, "envs_per_worker": None,
+        ...                  "ray_address": None})
+        Traceback (most recent call last):
+        ...
+        ValueError: collector.backend: got 'mpi', allowed: one of ['sync', 'multi_sync', 'ray']
     """
     try:
         validate_config(block, COLLECTOR)
@@ -81,7 +76,7 @@ COMMON: dict[str, Field] = {
     "total_steps": Field(int, ge=1),
     "steps_per_epoch": Field(int, ge=1),
     # model
-    "hidden_layers": Field(list, items=int, check=positive_items),
+    "hidden_layers": Field(list, items=int, check=layer_widths),
     "activation": Field(str, choices=_ACTIVATIONS),
     "init_log_std": Field(float, ge=-20, le=2),
     "distribution": Field(str, choices=("normal", "tanh_normal"), required=False),  # absent: normal
@@ -98,16 +93,7 @@ COMMON: dict[str, Field] = {
     # evaluation, logging, checkpoints
     "eval_interval": Field(int, ge=1),
     "eval_episodes": Field(int, ge=1),
-    "checkpoint_interval": Field(int, ge=1),
-    "keep_checkpoints": Field(int, ge=1),
-    "run_root": Field(str),
-    "resume": Field(str, nullable=True),
-    "nan_policy": Field(str, choices=("skip", "raise")),
-    "progress": Field(bool),
-    # system
-    "seed": Field(int, ge=0),
-    "torch_threads": Field(int, ge=0),
-    "device": Field(str, check=device_check),
+    **RUN_FIELDS,  # run directory, resume, checkpoints, nan_policy, progress, system
     # collection: processes / Ray actors (optional block; absent: one process)
     "collector": Field(dict, required=False, check=collector_check),
 }
@@ -149,8 +135,9 @@ CPO: dict[str, Field] = {
 def recipe_schema(*parts: Mapping[str, Field]) -> dict[str, Field]:
     """``COMMON`` merged with ``parts`` (a key in two parts must have the same rule).
 
-    >>> sorted(set(recipe_schema(PPO, LAGRANGE)) - set(COMMON))[:3]
-    ['clip_epsilon', 'entropy_coeff', 'kl_early_stop']
+    Examples:
+        >>> sorted(set(recipe_schema(PPO, LAGRANGE)) - set(COMMON))[:3]
+        ['clip_epsilon', 'entropy_coeff', 'kl_early_stop']
     """
     schema = dict(COMMON)
     for part in parts:
@@ -161,36 +148,54 @@ def recipe_schema(*parts: Mapping[str, Field]) -> dict[str, Field]:
     return schema
 
 
-def check_consistency(cfg: Mapping[str, Any], episode_horizon: int | None = None) -> None:
-    """Checks that involve several keys; raises one :class:`~cmo_rl.config.ConfigError`.
-
-    * ``steps_per_epoch`` is a multiple of ``num_envs`` and ``<= total_steps``;
-    * ``minibatch_size <= steps_per_epoch``;
-    * with ``episode_horizon`` known: every env finishes an episode each epoch
-      (``steps_per_epoch / num_envs >= episode_horizon``), else the measured episode cost that
-      drives the multiplier would never exist.
-
-    >>> cfg = {"num_envs": 3, "steps_per_epoch": 100, "total_steps": 50, "minibatch_size": 64}
-    >>> try:
-    ...     check_consistency(cfg)
-    ... except ConfigError as err:
-    ...     print(err)
-    invalid config (2 problems):
-      - steps_per_epoch: got 100, must be a multiple of num_envs (3)
-      - total_steps: got 50, must be >= steps_per_epoch (100)
-    """
-    problems = []
+def _epoch_fits_envs(cfg: Mapping[str, Any]) -> list[str]:
     num_envs, spe = int(cfg["num_envs"]), int(cfg["steps_per_epoch"])
     if spe % num_envs:
-        problems.append(f"steps_per_epoch: got {spe}, must be a multiple of num_envs ({num_envs})")
+        return [f"steps_per_epoch: got {spe}, must be a multiple of num_envs ({num_envs})"]
+    return []
+
+
+def _budget_holds_an_epoch(cfg: Mapping[str, Any]) -> list[str]:
+    spe = int(cfg["steps_per_epoch"])
     if int(cfg["total_steps"]) < spe:
-        problems.append(
-            f"total_steps: got {cfg['total_steps']}, must be >= steps_per_epoch ({spe})"
-        )
+        return [f"total_steps: got {cfg['total_steps']}, must be >= steps_per_epoch ({spe})"]
+    return []
+
+
+def _minibatch_fits_epoch(cfg: Mapping[str, Any]) -> list[str]:
+    spe = int(cfg["steps_per_epoch"])
     if int(cfg["minibatch_size"]) > spe:
-        problems.append(
-            f"minibatch_size: got {cfg['minibatch_size']}, must be <= steps_per_epoch ({spe})"
-        )
+        return [f"minibatch_size: got {cfg['minibatch_size']}, must be <= steps_per_epoch ({spe})"]
+    return []
+
+
+#: The checks of a recipe config that involve several keys (reported with the single-key
+#: problems, in one message, by :func:`cmo_rl.config.validate_config`).
+RULES = (
+    Rule(("num_envs", "steps_per_epoch"), _epoch_fits_envs),
+    Rule(("total_steps", "steps_per_epoch"), _budget_holds_an_epoch),
+    Rule(("minibatch_size", "steps_per_epoch"), _minibatch_fits_epoch),
+)
+
+
+def check_consistency(cfg: Mapping[str, Any], episode_horizon: int | None = None) -> None:
+    """:data:`RULES`, and with ``episode_horizon`` known (the env is built) the check that every
+    env finishes an episode each epoch (``steps_per_epoch / num_envs >= episode_horizon``),
+    else the measured episode cost that drives the multiplier would never exist; raises one
+    :class:`~cmo_rl.config.ConfigError`.
+
+    Examples:
+        >>> cfg = {"num_envs": 3, "steps_per_epoch": 100, "total_steps": 50, "minibatch_size": 64}
+        >>> try:
+        ...     check_consistency(cfg)
+        ... except ConfigError as err:
+        ...     print(err)
+        invalid config (2 problems):
+          - steps_per_epoch: got 100, must be a multiple of num_envs (3)
+          - total_steps: got 50, must be >= steps_per_epoch (100)
+    """
+    problems = [p for rule in RULES for p in rule.check(cfg)]
+    num_envs, spe = int(cfg["num_envs"]), int(cfg["steps_per_epoch"])
     if episode_horizon is not None and spe // num_envs < episode_horizon:
         problems.append(
             f"steps_per_epoch: got {spe}, i.e. {spe // num_envs} steps per env per epoch, fewer "

@@ -120,7 +120,7 @@ def test_sigterm_then_resume_from_the_command_line(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr[-2000:]
-    assert "interrupted (received SIGTERM)" in stderr
+    assert "interrupted (SIGTERM); exiting" in stderr
     cut = csv.parent
     saved = load_checkpoint(latest_checkpoint(cut))["step"]
     assert 200 <= saved < 2400
@@ -130,3 +130,42 @@ def test_sigterm_then_resume_from_the_command_line(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     pd.testing.assert_frame_equal(metrics(cut), metrics(full))
+
+
+def test_recipe_prints_its_run_dir_and_refuses_a_corrupt_checkpoint(tmp_path):
+    """Found by a new user: with progress=false a recipe printed nothing (where is the run?), and
+    `resume=<dir>` with a corrupt newest checkpoint warned, fell back silently, rewrote the later
+    metrics.csv rows and exited 0."""
+    import hashlib
+
+    from recipe_helpers import run_cli
+
+    from cmo_rl.checkpoint import list_checkpoints
+
+    root = tmp_path / "runs"
+    args = [*TINY, "checkpoint_interval=1", f"run_root={root}"]
+    first = run_cli("ppo_lagrangian", args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = the_run(root, "ppo_lagrangian")
+    assert first.stdout.splitlines()[0] == f"run directory: {run}"
+    assert first.stdout.splitlines()[-1] == f"finished: {run}"
+
+    *_, older, newest = list_checkpoints(run)
+    newest.write_bytes(newest.read_bytes()[:-10])
+
+    def tree():
+        files = sorted(p for p in run.rglob("*") if p.is_file())
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    before = tree()
+    again = run_cli("ppo_lagrangian", [*args, "total_steps=800", f"resume={run}"], cwd=tmp_path)
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert "Traceback" not in again.stderr
+    assert f"checkpoint {newest}: truncated" in again.stderr
+    assert f"resume={older} continues from it" in again.stderr
+    assert tree() == before  # nothing rewritten until the user chooses
+
+    chosen = run_cli("ppo_lagrangian", [*args, "total_steps=800", f"resume={older}"], cwd=tmp_path)
+    assert chosen.returncode == 0, chosen.stderr[-2000:]
+    assert chosen.stdout.splitlines()[0] == f"resumed {run} at step 400"
+    assert metrics(run)["step"].tolist() == [200, 400, 600, 800]

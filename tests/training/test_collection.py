@@ -8,7 +8,8 @@ from tensordict import TensorDict
 
 from cmo_rl.envs.factory import make_env
 from cmo_rl.modules import make_actor
-from cmo_rl.training.collection import EpisodeStats, epoch_seed, finished_episodes, make_collector
+from cmo_rl.seeding import epoch_seed
+from cmo_rl.training.collection import EpisodeStats, finished_episodes, make_collector
 
 
 def _batch(done, reward, cost, steps=None) -> TensorDict:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from tensordict import TensorDict
 from torch import nn
 
 from cmo_rl.envs.factory import make_env
+from cmo_rl.lifecycle import NonFiniteError, NonFiniteGuard
 from cmo_rl.modules import actor_critic_from_env
 from cmo_rl.objectives import make_value_estimators
-from cmo_rl.training.guard import NonFiniteError, NonFiniteGuard
 from cmo_rl.training.onpolicy import (
-    CriticLoss,
     approx_kl,
     compute_advantages,
     linear_lr,
@@ -50,7 +51,7 @@ def test_minibatch_epochs_steps_by_hand():
     for _ in range(9):  # w <- w - 0.25 * 2 (w - 2) = (w + 2) / 2
         residuals.append(w - 2.0)
         w = (w + 2.0) / 2.0
-    assert float(layer.weight) == pytest.approx(w)
+    assert layer.weight.item() == pytest.approx(w)
     assert out["update_passes"] == 3 and out["skipped_updates"] == 0
     assert out["loss_mse"] == pytest.approx(sum(r * r for r in residuals) / 9)
     assert out["residual"] == pytest.approx(sum(residuals) / 9)
@@ -106,8 +107,8 @@ def test_minibatch_epochs_clips_each_group_and_reports_the_actor_norm():
         max_grad_norm=5.0,
     )
     assert out["grad_norm"] == pytest.approx(30.0)  # the actor's, before clipping
-    assert float(actor.weight) == pytest.approx(5.0)  # clipped to norm 5
-    assert float(critic.weight) == pytest.approx(4.0)  # under the limit: unchanged
+    assert actor.weight.item() == pytest.approx(5.0)  # clipped to norm 5
+    assert critic.weight.item() == pytest.approx(4.0)  # under the limit: unchanged
 
 
 def test_nonfinite_minibatches_are_skipped_or_raise():
@@ -160,7 +161,7 @@ def test_nonfinite_gradient_is_skipped():
         minibatch_size=2,
         guard=guard,
     )
-    assert out["skipped_updates"] == 1 and float(layer.weight) == 0.0
+    assert out["skipped_updates"] == 1 and layer.weight.item() == 0.0
     assert "grad_norm" not in out  # no step was applied
 
 
@@ -209,42 +210,80 @@ def test_compute_advantages_normalises_reward_and_centres_cost():
     assert torch.equal(plain["cost_advantage"], c)
 
 
-def test_approx_kl_is_mean_log_ratio():
+def _batch_with_log_ratios(log_ratios):
+    """A collected batch whose stored log-probs give ``log r = log pi - log pi_old`` as asked."""
+    env = make_env("MockCMDP-v0", num_envs=1, seed=0)
+    actor, _, _ = actor_critic_from_env(env, hidden_layers=(4,))
+    with torch.no_grad():
+        batch = env.rollout(len(log_ratios), actor)
+    log_ratios = torch.tensor(log_ratios).reshape(batch.shape)
+    batch["action_log_prob"] = batch["action_log_prob"] - log_ratios
+    return actor, batch
+
+
+def test_approx_kl_is_the_nonnegative_k3_estimator_by_hand():
+    # log r = -0.25 everywhere: (e^-0.25 - 1) + 0.25 = 0.0288008 (the old E[-log r]: 0.25)
+    actor, batch = _batch_with_log_ratios([-0.25] * 4)
+    assert approx_kl(actor, batch) == pytest.approx(0.0288007831, abs=1e-6)
+    # log r = +0.25: the old estimator gave -0.25 < 0; k3 gives e^0.25 - 1.25 = 0.0340254
+    actor, batch = _batch_with_log_ratios([0.25] * 4)
+    assert approx_kl(actor, batch) == pytest.approx(0.0340254167, abs=1e-6)
+    # a mixed batch whose old estimate -mean(log r) = -(0.5 - 0.1 + 0.3 + 0.2) / 4 is negative
+    log_r = [0.5, -0.1, 0.3, 0.2]
+    actor, batch = _batch_with_log_ratios(log_r)
+    with torch.no_grad():
+        log_prob = actor.get_dist(batch.clone(False)).log_prob(batch["action"])
+    assert float((batch["action_log_prob"] - log_prob).mean()) == pytest.approx(-0.225, abs=1e-6)
+    # (e^0.5 - 1.5 + e^-0.1 - 0.9 + e^0.3 - 1.3 + e^0.2 - 1.2) / 4
+    # = (0.1487213 + 0.0048374 + 0.0498588 + 0.0214028) / 4 = 0.0562051
+    assert approx_kl(actor, batch) == pytest.approx(0.0562051, abs=1e-6)
+    assert sum(math.expm1(x) - x for x in log_r) / 4 == pytest.approx(0.0562051, abs=1e-7)
+
+
+def test_approx_kl_is_zero_for_the_same_policy_and_never_negative():
     env = make_env("MockCMDP-v0", num_envs=3, seed=0)
     actor, _, _ = actor_critic_from_env(env, hidden_layers=(4,))
     with torch.no_grad():
         batch = env.rollout(4, actor)
-    shifted = batch.clone()
-    shifted["action_log_prob"] = batch["action_log_prob"] + 0.25
     assert approx_kl(actor, batch) == pytest.approx(0.0, abs=1e-7)
-    assert approx_kl(actor, shifted) == pytest.approx(0.25, abs=1e-6)
-    assert "loc" in batch.keys() and torch.equal(batch["loc"], shifted["loc"])  # not rewritten
+    loc = batch["loc"].clone()
+    gen = torch.Generator().manual_seed(0)
+    for scale in (1e-7, 1e-4, 1e-2, 1.0, 5.0):  # tiny to large policy changes, either sign
+        shifted = batch.clone()
+        noise = scale * torch.randn(shifted.shape, generator=gen)
+        shifted["action_log_prob"] = batch["action_log_prob"] + noise
+        assert approx_kl(actor, shifted) >= 0.0
+    assert torch.equal(batch["loc"], loc)  # the batch is not rewritten
 
 
-def test_critic_loss_by_hand():
-    critic = nn.Linear(1, 1)
-    cost_critic = nn.Linear(1, 1)
-    for m, b in ((critic, 1.0), (cost_critic, -1.0)):
-        nn.init.zeros_(m.weight)
-        nn.init.constant_(m.bias, b)
-    from torchrl.modules import ValueOperator
-
-    loss = CriticLoss(
-        ValueOperator(critic, in_keys=["observation"]),
-        ValueOperator(cost_critic, in_keys=["observation"], out_keys=["cost_value"]),
+def test_kl_early_stop_uses_the_nonnegative_estimate():
+    # pi > pi_old on every stored action: the old estimator gave -0.25 and never stopped;
+    # k3 gives 0.034 > target_kl = 0.02 and stops after the first pass
+    actor, batch = _batch_with_log_ratios([0.25] * 4)
+    layer, data, loss_fn = _linear_problem()
+    out = minibatch_epochs(
+        data,
+        loss_fn,
+        torch.optim.SGD(layer.parameters(), lr=0.1),
+        update_iters=5,
+        minibatch_size=8,
+        guard=NonFiniteGuard(),
+        target_kl=0.02,
+        kl_fn=lambda: approx_kl(actor, batch),
     )
-    td = TensorDict(
-        observation=torch.zeros(2, 1),
-        value_target=torch.tensor([[3.0], [1.0]]),
-        cost_value_target=torch.tensor([[0.0], [1.0]]),
-        batch_size=[2],
-    )
-    out = loss(td)
-    assert float(out["loss_critic"]) == pytest.approx((4.0 + 0.0) / 2)  # V = 1
-    assert float(out["loss_cost_critic"]) == pytest.approx((1.0 + 4.0) / 2)  # V_C = -1
-    assert "state_value" not in td.keys()  # the input is not written to
-    with pytest.raises(KeyError, match="compute_advantages"):
-        loss(td.exclude("value_target"))
+    assert out["update_passes"] == 1
+    assert out["kl"] == pytest.approx(0.0340254167, abs=1e-6)
+    assert train_metrics(out)["train/kl"] == out["kl"]
+
+
+def test_critic_loss_lives_in_objectives_only():
+    from cmo_rl import training
+    from cmo_rl.objectives import CriticLoss
+    from cmo_rl.objectives.critic import CriticLoss as ModuleCriticLoss
+
+    assert CriticLoss is ModuleCriticLoss
+    assert training.approx_kl is approx_kl
+    assert "CriticLoss" not in training.__all__  # one home per name
 
 
 def test_learning_rates():

@@ -8,18 +8,27 @@ import numpy as np
 import pytest
 import torch
 
-from cmo_rl.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
+from cmo_rl.checkpoint import (
+    capture_rng_state,
+    cpu_state_copy,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from cmo_rl.config import ConfigError
 from cmo_rl.envs.factory import make_env, observation_norm_of
+from cmo_rl.lifecycle import resolve_resume_config
 from cmo_rl.modules import actor_critic_from_env
 from cmo_rl.objectives import LagrangeMultiplier, PIDLagrangian
 from cmo_rl.training.onpolicy import make_optimizer
-from cmo_rl.training.run_state import (
-    RESUMABLE_KEYS,
-    resolve_resume_config,
-    restore_snapshot,
-    take_snapshot,
-)
+from cmo_rl.training.run_state import RESUMABLE_KEYS, recipe_state, restore_snapshot
+
+
+def take_snapshot(*, step, epoch, time_total, modules, optimizers, obs_norm, config):
+    """What :meth:`cmo_rl.lifecycle.Run.snapshot` stores for a recipe."""
+    entries = recipe_state(epoch=epoch, modules=modules, optimizers=optimizers, obs_norm=obs_norm)
+    common = {"step": step, "time_total": time_total, "rng": capture_rng_state(), "config": config}
+    return cpu_state_copy({**common, **entries})
 
 
 def _objects(seed: int):
@@ -156,17 +165,21 @@ def test_resume_config_keeps_the_stored_run_and_allows_only_resumable_changes():
     stored = {"seed": 1, "lr": 0.1, "total_steps": 100, "device": "cpu", "resume": None}
     # Hydra: only explicitly given keys count; the yaml default lr=0.5 does not override
     requested = {"seed": 0, "lr": 0.5, "total_steps": 300, "device": "cpu", "resume": "runs/x"}
-    merged = resolve_resume_config(requested, stored, explicit={"total_steps", "resume"})
+    merged = resolve_resume_config(
+        requested, stored, explicit={"total_steps", "resume"}, resumable=RESUMABLE_KEYS
+    )
     assert merged == {"seed": 1, "lr": 0.1, "total_steps": 300, "device": "cpu", "resume": "runs/x"}
     # explicitly changing a trajectory-defining key is refused, with every offender listed
     with pytest.raises(ConfigError) as info:
-        resolve_resume_config(requested, stored, explicit={"seed", "lr", "resume"})
+        resolve_resume_config(
+            requested, stored, explicit={"seed", "lr", "resume"}, resumable=RESUMABLE_KEYS
+        )
     assert [p.split(":")[0] for p in info.value.problems] == ["lr", "seed"]
     # outside Hydra every key is explicit
     same = dict(stored, total_steps=500, resume="r")
-    assert resolve_resume_config(same, stored)["total_steps"] == 500
+    assert resolve_resume_config(same, stored, resumable=RESUMABLE_KEYS)["total_steps"] == 500
     with pytest.raises(ConfigError, match="not in the resumed run's config"):
-        resolve_resume_config({**same, "clip_epsilon": 0.2}, stored)
+        resolve_resume_config({**same, "clip_epsilon": 0.2}, stored, resumable=RESUMABLE_KEYS)
     assert {"total_steps", "device", "resume"} <= RESUMABLE_KEYS
     assert not {"seed", "lr", "steps_per_epoch", "num_envs", "cost_limit"} & RESUMABLE_KEYS
 
@@ -193,7 +206,9 @@ def test_resume_config_with_cmo_keys_takes_new_keys_and_copies_values():
     assert merged["env_ids"] is not stored["env_ids"] and merged["added"] is not requested["added"]
     # the recipes' list does not apply: total_meta_iters is not a recipe key
     with pytest.raises(ConfigError, match=r"total_meta_iters: got 20 .* \['checkpoint_interval'"):
-        resolve_resume_config(requested, stored, explicit, allow_new_keys=True)
+        resolve_resume_config(
+            requested, stored, explicit, resumable=RESUMABLE_KEYS, allow_new_keys=True
+        )
     # without allow_new_keys a key the run lacks is refused even when implicit (another recipe)
     with pytest.raises(ConfigError) as info:
         resolve_resume_config(requested, stored, explicit, resumable=CMO_RESUMABLE)

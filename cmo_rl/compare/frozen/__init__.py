@@ -8,8 +8,9 @@ The meta-optimizer is rebuilt from the checkpoint's config and weights and never
 (no meta-gradient). The policy, critics and inner round are those of the meta-test
 (:class:`cmo_rl.meta.RolloutTaskSampler` with the checkpoint's ``gamma``, ``gae_lambda``,
 ``critic_lr``, ``critic_steps``; no observation normalisation, as in meta-training), with this
-run's ``hidden_layers``, horizon ``T = max_episode_steps`` and ``B = num_envs`` envs. For
-``k = 0 .. total_steps // (B T) - 1``:
+run's ``hidden_layers``, horizon ``T = max_episode_steps`` and ``B = num_envs`` envs; the rounds
+are :func:`cmo_rl.meta.unroll` without a meta-graph (``differentiable=False``), logged and
+evaluated after each update. For ``k = 0 .. total_steps // (B T) - 1``:
 
 .. math::
 
@@ -43,17 +44,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cmo_rl.checkpoint import (
-    CheckpointError,
-    checkpoint_path,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from cmo_rl.config import ConfigError, Field, device_check, env_id_check, run_cli
+from cmo_rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from cmo_rl.config import ConfigError, Field, device_check, env_id_check
 from cmo_rl.envs.factory import MOCK_ENV_ID
-from cmo_rl.logging import RunLogger, make_run_dir
-from cmo_rl.signals import graceful_shutdown
+from cmo_rl.lifecycle import Run, run_cli
 
 __all__ = ["DEFAULTS", "SCHEMA", "load_meta_optimizer", "main", "train"]
 
@@ -110,6 +104,7 @@ def load_meta_optimizer(
     for anything unusable.
 
     >>> import tempfile
+    >>> from cmo_rl.checkpoint import checkpoint_path, save_checkpoint
     >>> from cmo_rl.meta import make_meta_optimizer
     >>> with tempfile.TemporaryDirectory() as d:
     ...     opt = make_meta_optimizer("pid", init_KP=0.5)
@@ -167,6 +162,7 @@ def train(cfg: Mapping[str, Any]) -> Path:
     returns the run directory.
 
     >>> import tempfile
+    >>> from cmo_rl.checkpoint import save_checkpoint
     >>> from cmo_rl.meta import make_meta_optimizer
     >>> with tempfile.TemporaryDirectory() as d:
     ...     opt = make_meta_optimizer("pid", init_etaR=0.05)
@@ -176,15 +172,16 @@ def train(cfg: Mapping[str, Any]) -> Path:
     ...            "max_episode_steps": 5, "total_steps": 30, "cost_limit": 1.0,
     ...            "hidden_layers": [4], "eval_interval": 2, "eval_episodes": 2,
     ...            "run_root": d, "progress": False}
-    ...     run = train(cfg)
+    ...     run = train(cfg)  # doctest: +ELLIPSIS
     ...     import pandas as pd
     ...     df = pd.read_csv(run / "metrics.csv")
     ...     df["step"].tolist(), df["eval/episode_return"].notna().tolist()
+    run directory: ...meta_frozen/MockCMDP-v0/...
+    finished: ...meta_frozen/MockCMDP-v0/...
     ([10, 20, 30], [False, True, True])
     """
     from cmo_rl.envs.factory import make_env
-    from cmo_rl.meta import RolloutTaskSampler, detach_params, inner_step
-    from cmo_rl.plotting import plot_learning_curves
+    from cmo_rl.meta import RolloutTaskSampler, TaskSettings, unroll
 
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     device = torch.device(cfg["device"])
@@ -205,110 +202,94 @@ def train(cfg: Mapping[str, Any]) -> Path:
     scale = _violation_scale(meta_cfg, cost_limit)
     factory = functools.partial(make_env, cfg["env_id"], max_episode_steps=horizon)
     factory.__name__ = cfg["env_id"]  # type: ignore[attr-defined]
-    sampler = RolloutTaskSampler(
-        [factory],
+    settings = TaskSettings.from_config(
+        meta_cfg,  # gamma, gae_lambda, critic_lr, critic_steps of the meta-training
         episode_length=horizon,
         vector_envs_per_task=num_envs,
-        hidden_layers=[int(h) for h in cfg["hidden_layers"]],
-        gamma=float(meta_cfg.get("gamma", 0.99)),
-        gae_lambda=float(meta_cfg.get("gae_lambda", 0.95)),
-        critic_lr=float(meta_cfg.get("critic_lr", 1e-3)),
-        critic_steps=int(meta_cfg.get("critic_steps", 10)),
+        hidden_layers=cfg["hidden_layers"],
         device=device,
     )
+    sampler = RolloutTaskSampler([factory], settings)
     torch.manual_seed(seed)
     problem = sampler(seed, env_index=0)
-    params = detach_params(problem.init_params())
-    lam = optimizer.init_multiplier(params)
-    state = optimizer.init_state(params)
     interval, episodes = int(cfg["eval_interval"]), int(cfg["eval_episodes"])
-    run_dir = make_run_dir(cfg["run_root"], cfg["run_name"], cfg["env_id"])
-    step, t_start = 0, time.perf_counter()
-    logged = {**cfg, "meta_checkpoint": str(ckpt), "violation_scale": scale}
+    run = Run(
+        {**cfg, "meta_checkpoint": str(ckpt), "violation_scale": scale},
+        program=cfg["run_name"],
+        task=lambda c: c["env_id"],
+        resumable=(),  # not resumable: an interrupted run is rerun
+    )
+    run.on_close.append(lambda: _plot(run.run_dir, cost_limit, cfg))
     try:
-        with (
-            graceful_shutdown(),
-            RunLogger(
-                run_dir,
-                progress_total=rounds * steps_per_round if cfg["progress"] else None,
-                progress_desc=f"{cfg['run_name']} {cfg['env_id']}",
-            ) as logger,
-        ):
-            logger.log_hparams(logged)
-            for k in range(rounds):
-                t0 = time.perf_counter()
-                rnd = problem.sample_round(params)
-                t1 = time.perf_counter()
-                params, lam, state, record = inner_step(
-                    optimizer,
-                    rnd.estimates,
-                    params,
-                    lam,
-                    state,
-                    cost_limit=cost_limit,
-                    violation_scale=scale,
-                    differentiable=False,
-                )
-                t2 = time.perf_counter()
-                step += steps_per_round
-                ret, cost = float(rnd.metrics["return"]), float(rnd.metrics["cost"])
+        with run.open(progress_total=rounds * steps_per_round):
+
+            def on_round(k: int, record: dict[str, float], params: Any) -> None:
+                step = (k + 1) * steps_per_round
+                seconds = record["time/round_data"] + record["time/inner_update"]
                 row = {
-                    "train/episode_return": ret,
-                    "train/episode_cost": cost,
+                    "train/episode_return": float(record["return"]),
+                    "train/episode_cost": float(record["cost"]),
                     "train/episode_length": float(horizon),
                     "train/num_episodes": float(num_envs),
                     "train/lambda": record["lambda"],
-                    "train/violation": cost - cost_limit,
-                    "time/collect": t1 - t0,
-                    "time/update": t2 - t1,
-                    "time/sps": steps_per_round / max(t2 - t0, 1e-9),
-                    "time/total": time.perf_counter() - t_start,
+                    "train/violation": float(record["cost"]) - cost_limit,
+                    "time/collect": record["time/round_data"],
+                    "time/update": record["time/inner_update"],
+                    "time/sps": steps_per_round / max(seconds, 1e-9),
+                    "time/total": run.time_total,
                 }
-                logger.log_scalars(row, step=step)
+                run.logger.log_scalars(row, step=step)
                 if (k + 1) % interval == 0 or k + 1 == rounds:
-                    t3 = time.perf_counter()
+                    t0 = time.perf_counter()
                     evaluated = problem.evaluate(params, episodes)
                     evaluated["eval/num_episodes"] = float(
                         math.ceil(episodes / num_envs) * num_envs
                     )
-                    evaluated["time/eval"] = time.perf_counter() - t3
-                    logger.log_scalars(evaluated, step=step)
-                logger.update(steps_per_round)
-            save_checkpoint(
-                checkpoint_path(run_dir, step),
-                {
-                    "step": step,
-                    "epoch": rounds,
-                    "time_total": time.perf_counter() - t_start,
-                    "policy": params.detach().flatten_keys(".").to_dict(),
-                    "lagrange_multiplier": lam.detach(),
-                    "meta_state": state.detach().flatten_keys(".").to_dict(),
-                    "config": logged,
-                },
+                    evaluated["time/eval"] = time.perf_counter() - t0
+                    run.logger.log_scalars(evaluated, step=step)
+                run.logger.update(steps_per_round)
+
+            result = unroll(
+                optimizer,
+                problem,
+                inner_steps=rounds,
+                unroll_steps=0,
+                cost_limit=cost_limit,
+                violation_scale=scale,
+                differentiable=False,
+                callback=on_round,
             )
+            final = {  # the final policy, multiplier and meta-state (saved when the run ends)
+                "epoch": rounds,
+                "policy": result.params.detach().flatten_keys(".").to_dict(),
+                "lagrange_multiplier": result.lagrange_multiplier.detach(),
+                "meta_state": result.state.detach().flatten_keys(".").to_dict(),
+            }
+            run.snapshot(rounds * steps_per_round, final)
     finally:
         sampler.close()
-    try:
-        plot_learning_curves(
-            run_dir / "metrics.csv",
-            run_dir / "plots" / "curves.png",
-            metrics=[
-                ("train/episode_return", "Return (train)"),
-                ("train/episode_cost", "Cost (train)"),
-                ("train/lambda", "Multiplier"),
-            ],
-            cost_limit=cost_limit,
-            title=f"{cfg['run_name']} on {cfg['env_id']}",
-        )
-    except (ValueError, OSError) as err:  # a plot must never hide the run's own outcome
-        print(f"could not plot the learning curves: {err}", file=sys.stderr)
-    return run_dir
+    return run.run_dir
+
+
+def _plot(run_dir: Path, cost_limit: float, cfg: Mapping[str, Any]) -> None:
+    from cmo_rl.plotting import plot_learning_curves
+
+    plot_learning_curves(
+        run_dir / "metrics.csv",
+        run_dir / "plots" / "curves.png",
+        metrics=[
+            ("train/episode_return", "Return (train)"),
+            ("train/episode_cost", "Cost (train)"),
+            ("train/lambda", "Multiplier"),
+        ],
+        cost_limit=cost_limit,
+        title=f"{cfg['run_name']} on {cfg['env_id']}",
+    )
 
 
 @run_cli(schema=SCHEMA)
 def _main(cfg: DictConfig) -> None:
-    run_dir = train(cfg)
-    print(f"run directory: {run_dir}")
+    train(cfg)  # prints its run directory when it starts and ends
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,34 +3,31 @@
 ``nan_policy="skip"``: an update whose loss or gradient norm is not finite is not applied (the
 gradients are dropped) and :attr:`NonFiniteGuard.skipped` counts it (logged as
 ``train/skipped_updates``). ``nan_policy="raise"``: a :class:`NonFiniteError` naming the bad
-terms stops the run (the recipes turn it into a one-line message and exit code 3, see
-:func:`exit_on_nonfinite`).
+terms stops the run (:func:`cmo_rl.lifecycle.run_cli` turns it into a one-line message and
+exit code 3).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
 
-__all__ = ["NAN_POLICIES", "NonFiniteError", "NonFiniteGuard", "exit_on_nonfinite"]
+__all__ = ["NAN_POLICIES", "NonFiniteError", "NonFiniteGuard"]
 
 NAN_POLICIES = ("skip", "raise")
-#: Exit code of a run stopped by a non-finite loss or gradient (``nan_policy=raise``).
-NONFINITE_EXIT_CODE = 3
 
 
 class NonFiniteError(FloatingPointError):
     """A loss or gradient became NaN/inf while ``nan_policy="raise"``.
 
-    >>> try:
-    ...     NonFiniteGuard("raise").check("epoch 2", {"loss_objective": float("nan")})
-    ... except NonFiniteError as error:
-    ...     print(str(error).split(" (")[0])
-    non-finite loss_objective=nan in epoch 2
+    Examples:
+        >>> try:
+        ...     NonFiniteGuard("raise").check("epoch 2", {"loss_objective": float("nan")})
+        ... except NonFiniteError as error:
+        ...     print(str(error).split(" (")[0])
+        non-finite loss_objective=nan in epoch 2
     """
 
 
@@ -40,15 +37,16 @@ class NonFiniteGuard:
     Args:
         nan_policy: ``"skip"`` or ``"raise"``.
 
-    >>> guard = NonFiniteGuard("skip")
-    >>> guard.check("minibatch 3", {"loss_objective": torch.tensor(1.0)})
-    True
-    >>> guard.check("minibatch 4", {"loss_critic": torch.tensor(float("nan"))}), guard.skipped
-    (False, 1)
-    >>> NonFiniteGuard("raise").check("minibatch 5", {"grad_norm/actor": float("inf")})
-    Traceback (most recent call last):
-    ...
-    cmo_rl.training.guard.NonFiniteError: non-finite grad_norm/actor=inf in minibatch 5 (nan_policy=raise; use nan_policy=skip to skip such updates)
+    Examples:
+        >>> guard = NonFiniteGuard("skip")
+        >>> guard.check("minibatch 3", {"loss_objective": torch.tensor(1.0)})
+        True
+        >>> guard.check("minibatch 4", {"loss_critic": torch.tensor(float("nan"))}), guard.skipped
+        (False, 1)
+        >>> NonFiniteGuard("raise").check("minibatch 5", {"grad_norm/actor": float("inf")})
+        Traceback (most recent call last):
+        ...
+        cmo_rl.lifecycle.guard.NonFiniteError: non-finite grad_norm/actor=inf in minibatch 5 (nan_policy=raise; use nan_policy=skip to skip such updates)
     """
 
     def __init__(self, nan_policy: str = "skip") -> None:
@@ -83,22 +81,3 @@ class NonFiniteGuard:
         """Return the number of skips so far and start counting from 0 again."""
         skipped, self.skipped = self.skipped, 0
         return skipped
-
-
-@contextlib.contextmanager
-def exit_on_nonfinite() -> Iterator[None]:
-    """Turn a :class:`NonFiniteError` into one line on stderr and ``SystemExit(3)``.
-
-    >>> try:
-    ...     with exit_on_nonfinite():
-    ...         raise NonFiniteError("non-finite loss_objective=nan in epoch 2")
-    ... except SystemExit as stop:
-    ...     print(stop.code)
-    3
-    """
-    try:
-        yield
-    except NonFiniteError as err:
-        sys.stderr.write(f"stopped: {err}\n")
-        sys.stderr.flush()
-        raise SystemExit(NONFINITE_EXIT_CODE) from None

@@ -1,11 +1,11 @@
-"""NaN/inf guard: skip-and-count or raise, and the clean exit of a non-finite run."""
+"""NaN/inf guard: skip-and-count or raise, and the clean exit of a non-finite run (run_cli)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cmo_rl.training.guard import NonFiniteError, NonFiniteGuard, exit_on_nonfinite
+from cmo_rl.lifecycle import NonFiniteError, NonFiniteGuard, run_cli
 
 
 def test_guard_counts_skips_and_resets():
@@ -34,17 +34,22 @@ def test_guard_rejects_unknown_policy():
         NonFiniteGuard("ignore")
 
 
-def test_exit_on_nonfinite_prints_one_line(capsys):
+def test_run_cli_turns_a_non_finite_stop_into_one_line_and_exit_3(capsys):
+    @run_cli
+    def main(cfg):
+        raise NonFiniteError("non-finite loss_objective=nan in minibatch 0 of pass 0")
+
     with pytest.raises(SystemExit) as stop:
-        with exit_on_nonfinite():
-            raise NonFiniteError("non-finite loss_objective=nan in minibatch 0 of pass 0")
+        main({})
     assert stop.value.code == 3
     assert (
         capsys.readouterr().err
         == "stopped: non-finite loss_objective=nan in minibatch 0 of pass 0\n"
     )
-    with exit_on_nonfinite():  # other exceptions are not its business
-        pass
-    with pytest.raises(RuntimeError):
-        with exit_on_nonfinite():
-            raise RuntimeError("x")
+
+    @run_cli
+    def other(cfg):
+        raise RuntimeError("x")
+
+    with pytest.raises(RuntimeError):  # other exceptions are not its business
+        other({})
