@@ -117,27 +117,31 @@ def main() -> None:
 
 
 def meta(args: argparse.Namespace) -> None:
-    from cmo_rl.meta import MetaTrainer
-    from cmo_rl.training.parallel import TaskPool
+    from cmo_rl.meta import MetaTrainer, RolloutTaskSampler, TaskPool, make_meta_optimizer
 
-    cfg = {
-        "env_ids": [args.env],
-        "inner_rollouts": 2,
-        "unroll_steps": 2,
-        "episode_length": args.steps,
-        "meta_batch_size": args.meta,
-        "hidden_layers": [64, 64],
-        "meta_lr": 1e-3,
-        "gamma": 0.99,
-        "cost_limit": 25.0,
-        "mu": 1.0,
-        "vector_envs_per_task": args.envs,
-        "seed": 0,
-        "meta_optimizer_type": "pid",
-    }
+    def make_trainer() -> MetaTrainer:
+        sampler = RolloutTaskSampler(
+            [args.env],
+            episode_length=args.steps,
+            vector_envs_per_task=args.envs,
+            hidden_layers=(64, 64),
+            gamma=0.99,
+        )
+        return MetaTrainer(
+            make_meta_optimizer("pid"),
+            sampler,
+            inner_rollouts=2,
+            unroll_steps=2,
+            meta_batch_size=args.meta,
+            cost_limit=25.0,
+            mu=1.0,
+            meta_lr=1e-3,
+            seed=0,
+        )
+
     trainers = {}
     for name, workers in (("in process", 0), (f"{args.workers} workers", args.workers)):
-        trainer = MetaTrainer.from_config(cfg)
+        trainer = make_trainer()
         trainer.task_runner = TaskPool(trainer, num_workers=workers)
         trainer.meta_iteration()  # warm-up: worker start-up, env construction
         trainers[name] = trainer

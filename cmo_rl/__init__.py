@@ -5,7 +5,7 @@
 (:mod:`cmo_rl.envs`, :mod:`cmo_rl.modules`, :mod:`cmo_rl.objectives`, :mod:`cmo_rl.meta`,
 :mod:`cmo_rl.testing`: every name of their ``__all__``, so a new public name needs no edit here)
 are re-exported, and the utility modules (``checkpoint``, ``config``, ``evaluation``,
-``logging``, ``plotting``, ``signals``, ``training``) are attributes. All of them load on first
+``lifecycle``, ``logging``, ``plotting``, ``signals``, ``training``) are attributes. All of them load on first
 access: ``import cmo_rl`` imports neither torch, TorchRL nor safety-gymnasium; the first
 re-exported name (or ``cmo_rl.__all__``, ``dir(cmo_rl)``) imports the component packages. Map of
 the package and its keys: ``docs/index.md``, ``docs/design.md``.
@@ -35,6 +35,7 @@ _SUBMODULES = (
     "config",
     "envs",
     "evaluation",
+    "lifecycle",
     "logging",
     "meta",
     "modules",

@@ -94,6 +94,7 @@ def test_meta_iteration_on_cuda_keeps_everything_on_the_gpu():
 
     trainer = MetaTrainer.from_config(
         {
+            **_cmo_defaults(),
             "env_ids": [_mock_factory],
             "inner_rollouts": 2,
             "episode_length": 5,
@@ -114,6 +115,18 @@ def test_meta_iteration_on_cuda_keeps_everything_on_the_gpu():
     metrics = trainer.meta_iteration()
     assert all(p.device.type == "cuda" for p in trainer.meta_optimizer.parameters())
     assert metrics["meta/grad_norm"] > 0 and metrics["meta/skipped"] == 0.0
+
+
+def _cmo_defaults() -> dict:
+    """``cmo``'s default config (``MetaTrainer.from_config`` needs every one of its keys)."""
+    from omegaconf import OmegaConf
+
+    from cmo_rl.meta_schema import DEFAULT_CONFIG
+
+    defaults = OmegaConf.load(DEFAULT_CONFIG)
+    for key in ("defaults", "hydra"):
+        defaults.pop(key)
+    return OmegaConf.to_container(defaults, resolve=True)
 
 
 def _mock_factory(num_envs: int, seed: int, device):

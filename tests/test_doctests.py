@@ -23,7 +23,7 @@ WITHOUT_EXAMPLE = {
     # the meta-test of cmo run them
     "cmo_rl.cli.main",
     "cmo_rl.cli.train",
-    "cmo_rl.meta_eval.baseline_runs",
+    "cmo_rl.meta_baselines.baseline_runs",
 }
 
 

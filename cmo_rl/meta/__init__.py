@@ -2,10 +2,14 @@
 
 ``PIDMetaOptimizer`` / ``LSTMMetaOptimizer`` map (policy gradients of return and cost, the
 violation, their state) to the next policy parameters and Lagrange multiplier;
-``bilevel_objective`` unrolls one on a task and scores the final policy; ``MetaTrainer`` runs
-the outer loop; ``meta_test`` evaluates a frozen meta-optimizer; ``batched_inner_step`` is one
-inner update of a stack of same-architecture tasks at once (``torch.func.vmap``). See
-docs/meta.md.
+``bilevel_objective`` unrolls one on a task and scores the final policy; ``RolloutTaskSampler``
+builds the tasks (``TaskSettings``, ``EnvFactory``); ``MetaTrainer`` runs the outer loop
+(``TaskPool``: its tasks in worker processes; ``MetricWindow``: what a run logs);
+``run_frozen`` / ``meta_test`` evaluate a frozen meta-optimizer and ``run_meta_test`` writes the
+report of a run's meta-test; ``batched_inner_step`` is one inner update of a stack of
+same-architecture tasks at once (``torch.func.vmap``). See docs/meta.md.
+
+Nothing here imports the baseline wing (:mod:`cmo_rl.training`) or the recipes.
 """
 
 from cmo_rl.meta.batched import BatchedStep, batched_inner_step, data_surrogate
@@ -29,6 +33,7 @@ from cmo_rl.meta.features import (
     preprocess_gradient,
     squash,
 )
+from cmo_rl.meta.frozen import meta_test, run_frozen
 from cmo_rl.meta.functional import (
     MetaOptimizer,
     detach_params,
@@ -45,32 +50,53 @@ from cmo_rl.meta.functional import (
     values_and_grads,
 )
 from cmo_rl.meta.lstm import CoordinatewiseLSTM, LSTMMetaOptimizer
-from cmo_rl.meta.pid import PIDMetaOptimizer
+from cmo_rl.meta.metrics import MetricWindow, iteration_metrics, log_line
+from cmo_rl.meta.pid import PID_GAINS, PIDMetaOptimizer
+from cmo_rl.meta.pool import TaskPool, task_action_seed
 from cmo_rl.meta.problems import ContextualBanditCMDP, RolloutCMDP
+from cmo_rl.meta.report import (
+    format_meta_test_table,
+    run_meta_test,
+    summarize_meta_test,
+    write_meta_test_rows,
+)
+from cmo_rl.meta.tasks import EnvFactory, RolloutTaskSampler, TaskSettings, balanced_env_index
 from cmo_rl.meta.trainer import (
+    META_OPTIMIZER_KEYS,
+    META_OPTIMIZERS,
+    TRAINER_KEYS,
     MetaTrainer,
-    RolloutTaskSampler,
+    TaskOutcome,
+    env_steps_per_round,
     make_meta_optimizer,
-    meta_test,
-    run_frozen,
 )
 
 __all__ = [
     "CONSTRAINT_FEATURES",
     "COORDINATE_FEATURES",
+    "META_OPTIMIZERS",
+    "META_OPTIMIZER_KEYS",
+    "PID_GAINS",
+    "TRAINER_KEYS",
     "BatchedStep",
     "BilevelResult",
     "ContextualBanditCMDP",
     "CoordinatewiseLSTM",
+    "EnvFactory",
     "InnerProblem",
     "InnerRound",
     "LSTMMetaOptimizer",
     "MetaOptimizer",
     "MetaTrainer",
+    "MetricWindow",
     "PIDMetaOptimizer",
     "RolloutCMDP",
     "RolloutTaskSampler",
+    "TaskOutcome",
+    "TaskPool",
+    "TaskSettings",
     "UnrollResult",
+    "balanced_env_index",
     "batched_inner_step",
     "bilevel_objective",
     "constraint_features",
@@ -78,10 +104,14 @@ __all__ = [
     "data_surrogate",
     "default_violation_scale",
     "detach_params",
+    "env_steps_per_round",
     "flatten_params",
+    "format_meta_test_table",
     "global_rms",
     "grad_of",
     "inner_step",
+    "iteration_metrics",
+    "log_line",
     "log_prob_of",
     "make_meta_optimizer",
     "meta_objective",
@@ -91,11 +121,15 @@ __all__ = [
     "preprocess_gradient",
     "require_grad",
     "run_frozen",
+    "run_meta_test",
     "squash",
+    "summarize_meta_test",
     "surrogate_estimates",
     "swapped_params",
+    "task_action_seed",
     "unflatten_params",
     "unroll",
     "values_and_grads",
     "violation",
+    "write_meta_test_rows",
 ]

@@ -58,13 +58,8 @@ def data_surrogate(actor: nn.Module, *, horizon: int) -> DataEstimates:
     tasks: batch size ``[B]``, ``"batch"`` ``[B, N, T]``, the two scalars ``[B]``.
 
     >>> from tensordict import TensorDict
-    >>> from cmo_rl.meta.functional import params_of
-    >>> from cmo_rl.modules import make_actor
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
-    >>> actor = make_actor(env, hidden_layers=(4,))
-    >>> with torch.no_grad():
-    ...     batch = env.rollout(3, actor)
+    >>> from cmo_rl.meta.functional import _example_rollout, params_of
+    >>> actor, batch = _example_rollout()  # a MockCMDP actor and its [2, 3] rollout
     >>> batch["advantage"], batch["cost_advantage"] = torch.ones(2, 3, 1), torch.ones(2, 3, 1)
     >>> data = TensorDict(batch=batch, episode_return=torch.tensor(1.5),
     ...                   episode_cost=torch.tensor(0.5))
@@ -177,13 +172,9 @@ def batched_inner_step(
 
     >>> from tensordict import TensorDict
     >>> from cmo_rl.meta import PIDMetaOptimizer
-    >>> from cmo_rl.meta.functional import params_of
-    >>> from cmo_rl.modules import make_actor
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
-    >>> actor, opt = make_actor(env, hidden_layers=(4,)), PIDMetaOptimizer(init_lambda=0.2)
-    >>> with torch.no_grad():
-    ...     batches = torch.stack([env.rollout(3, actor) for _ in range(3)])  # B = 3 tasks
+    >>> from cmo_rl.meta.functional import _example_rollout, params_of
+    >>> actor, batches = _example_rollout(stack=3)  # a MockCMDP actor, 3 tasks' [2, 3] rollouts
+    >>> opt = PIDMetaOptimizer(init_lambda=0.2)
     >>> batches["advantage"] = batches["cost_advantage"] = torch.randn(3, 2, 3, 1)
     >>> data = TensorDict(batch=batches, episode_return=torch.zeros(3),
     ...                   episode_cost=torch.tensor([1.0, 2.0, 3.0]), batch_size=[3])

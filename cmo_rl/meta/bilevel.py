@@ -59,6 +59,8 @@ __all__ = [
 ]
 
 Estimates = Callable[[TensorDictBase], tuple[Tensor, Tensor]]
+#: ``callback(k, record, theta_{k+1})`` after inner round ``k`` of :func:`unroll`.
+RoundCallback = Callable[[int, dict[str, float], TensorDictBase], None]
 
 
 @dataclass
@@ -213,11 +215,14 @@ def unroll(
     cost_limit: float,
     violation_scale: float | None = None,
     differentiable: bool = True,
+    callback: RoundCallback | None = None,
 ) -> UnrollResult:
     """Train a fresh policy on ``problem`` for ``inner_steps`` rounds with ``meta_opt``.
 
     The last ``unroll_steps`` updates are differentiable (window start: ``theta``, ``lambda``,
     state detached); with ``differentiable=False`` none are (meta-testing a frozen optimizer).
+    ``callback(k, record, params)`` runs after round ``k``'s update with that round's record
+    (what :attr:`UnrollResult.rounds` keeps) and ``theta_{k+1}`` (per-round logging, evaluation).
 
     >>> from cmo_rl.meta import ContextualBanditCMDP, PIDMetaOptimizer
     >>> opt = PIDMetaOptimizer(init_etaR=0.1, init_etaC=0.1)
@@ -229,6 +234,12 @@ def unroll(
     [0.075, 0.088, 0.105, 0.123]
     >>> result.lagrange_multiplier.requires_grad  # the last 2 updates are on the meta-graph
     True
+    >>> seen = []
+    >>> _ = unroll(opt, ContextualBanditCMDP.sample(seed=0), inner_steps=2, unroll_steps=0,
+    ...            cost_limit=3.0, differentiable=False,
+    ...            callback=lambda k, record, params: seen.append((k, round(record["cost"], 2))))
+    >>> seen
+    [(0, 5.21), (1, 5.4)]
     """
     if inner_steps < 1:
         raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
@@ -263,6 +274,8 @@ def unroll(
         rounds.append(
             {**rnd.metrics, **record, "time/round_data": t1 - t0, "time/inner_update": t2 - t1}
         )
+        if callback is not None:
+            callback(k, rounds[-1], params)
     return UnrollResult(params, lam, state, rounds)
 
 

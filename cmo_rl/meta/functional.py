@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -239,6 +240,21 @@ def grad_of(
     return grad
 
 
+def _example_rollout(stack: int | None = None) -> tuple[nn.Module, TensorDictBase]:
+    """For the examples: the actor and ``[2, 3]`` rollout of :func:`log_prob_of`'s example (a
+    fresh ``make_actor`` of ``MockCMDPEnv(num_envs=2, episode_length=3, seed=0)``), collected
+    without gradient; with ``stack``, that many rollouts stacked (``[stack, 2, 3]``)."""
+    from cmo_rl.modules import make_actor
+    from cmo_rl.testing import MockCMDPEnv
+
+    env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
+    actor = make_actor(env, hidden_layers=(4,))
+    with torch.no_grad():
+        if stack is None:
+            return actor, env.rollout(3, actor)
+        return actor, torch.stack([env.rollout(3, actor) for _ in range(stack)])
+
+
 def log_prob_of(actor: nn.Module, params: TensorDictBase, batch: TensorDictBase) -> Tensor:
     """``log pi_params(action | observation)`` of the stored ``batch["action"]``, differentiable
     w.r.t. ``params``; shape ``batch.shape``.
@@ -300,12 +316,7 @@ def surrogate_estimates(
     Returns:
         ``(J_R, J_C)``, scalars with ``params``'s graph.
 
-    >>> from cmo_rl.modules import make_actor
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
-    >>> actor = make_actor(env, hidden_layers=(4,))
-    >>> with torch.no_grad():
-    ...     batch = env.rollout(3, actor)
+    >>> actor, batch = _example_rollout()  # the actor and rollout of log_prob_of's example
     >>> batch["advantage"], batch["cost_advantage"] = torch.randn(2, 3, 1), torch.randn(2, 3, 1)
     >>> (j_r, j_c), (g_r, g_c) = values_and_grads(lambda p: surrogate_estimates(
     ...     actor, p, batch, episode_return=1.5, episode_cost=0.5, horizon=3), params_of(actor))
@@ -325,15 +336,27 @@ def surrogate_estimates(
     return j_r, j_c
 
 
+class _StepInputs(NamedTuple):
+    """The arguments of :meth:`MetaOptimizer.step`, as one value (what ``_step`` receives)."""
+
+    params: TensorDictBase
+    grad_reward: TensorDictBase
+    grad_cost: TensorDictBase
+    lagrange_multiplier: Tensor
+    violation: Tensor
+    state: TensorDictBase
+
+
 class MetaOptimizer(TensorDictModuleBase):
     """Interface of a meta-optimizer: a learned update rule for ``theta`` and ``lambda``.
 
-    Subclasses implement :meth:`init_state` and :meth:`step`; :meth:`forward` is the TensorDict
-    form. Keys read: ``"params"`` (TensorDict), ``"grad_reward"``, ``"grad_cost"`` (TensorDicts
-    like ``params``), ``"lagrange_multiplier"`` (``[]``), ``"violation"`` (``[]``),
-    ``"meta_state"`` (TensorDict). Keys written (new tensors, never in place): ``"params"``,
-    ``"lagrange_multiplier"``, ``"meta_state"``. Every recurrent quantity lives in
-    ``"meta_state"``; the module itself holds only meta-parameters.
+    Subclasses implement :meth:`init_state` and the update of :meth:`step` (its ``_step``, which
+    receives the checked arguments as one named tuple, or ``step`` itself); :meth:`forward` is
+    the TensorDict form. Keys read: ``"params"`` (TensorDict), ``"grad_reward"``,
+    ``"grad_cost"`` (TensorDicts like ``params``), ``"lagrange_multiplier"`` (``[]``),
+    ``"violation"`` (``[]``), ``"meta_state"`` (TensorDict). Keys written (new tensors, never in
+    place): ``"params"``, ``"lagrange_multiplier"``, ``"meta_state"``. Every recurrent quantity
+    lives in ``"meta_state"``; the module itself holds only meta-parameters.
 
     The TensorDict form of one step of :class:`~cmo_rl.meta.PIDMetaOptimizer` (no violation,
     so :math:`\\lambda = \\lambda_0`; the RMS-normalised reward gradient moves each coordinate
@@ -385,7 +408,33 @@ class MetaOptimizer(TensorDictModuleBase):
         violation: Tensor,
         state: TensorDictBase,
     ) -> tuple[TensorDict, Tensor, TensorDict]:
-        """``(theta_k, g_R, g_C, lambda_k, e_k, s_k) -> (theta_{k+1}, lambda_{k+1}, s_{k+1})``."""
+        """``(theta_k, g_R, g_C, lambda_k, e_k, s_k) -> (theta_{k+1}, lambda_{k+1}, s_{k+1})``.
+
+        A pure function of its arguments and the meta-parameters: the outputs are new tensors
+        (the inputs are not modified) and keep the graph to the inputs and to the
+        meta-parameters. Works under ``torch.func.vmap`` (one task per vmapped slice).
+
+        Args:
+            params: the policy parameters :math:`\\theta_k` (a TensorDict).
+            grad_reward: :math:`g_R = \\nabla_\\theta \\hat J_R`, a TensorDict like ``params``.
+            grad_cost: :math:`g_C = \\nabla_\\theta \\hat J_C`, a TensorDict like ``params``.
+            lagrange_multiplier: :math:`\\lambda_k`, a scalar tensor.
+            violation: the constraint violation :math:`e_k`, a scalar tensor.
+            state: the recurrent state :math:`s_k` (:meth:`init_state` or the last step's).
+
+        Returns:
+            ``(params, lagrange_multiplier, state)`` after the step.
+        """
+        if violation.dim() != 0:
+            raise ValueError(
+                f"violation must be a scalar tensor, got shape {tuple(violation.shape)}"
+            )
+        return self._step(
+            _StepInputs(params, grad_reward, grad_cost, lagrange_multiplier, violation, state)
+        )
+
+    def _step(self, inputs: _StepInputs) -> tuple[TensorDict, Tensor, TensorDict]:
+        """The update of :meth:`step` (``violation`` already checked to be a scalar)."""
         raise NotImplementedError
 
     def meta_parameter_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -38,7 +38,13 @@ from cmo_rl.meta.features import (
     constraint_features,
     coordinate_features,
 )
-from cmo_rl.meta.functional import MetaOptimizer, flatten_params, num_coordinates, unflatten_params
+from cmo_rl.meta.functional import (
+    MetaOptimizer,
+    _StepInputs,
+    flatten_params,
+    num_coordinates,
+    unflatten_params,
+)
 
 __all__ = ["CoordinatewiseLSTM", "LSTMMetaOptimizer"]
 
@@ -158,17 +164,13 @@ class LSTMMetaOptimizer(MetaOptimizer):
             batch_size=[],
         )
 
-    def step(
-        self,
-        params: TensorDictBase,
-        grad_reward: TensorDictBase,
-        grad_cost: TensorDictBase,
-        lagrange_multiplier: Tensor,
-        violation: Tensor,
-        state: TensorDictBase,
-    ) -> tuple[TensorDict, Tensor, TensorDict]:
-        if violation.dim() != 0 or lagrange_multiplier.dim() != 0:
-            raise ValueError("violation and lagrange_multiplier must be scalar tensors")
+    def _step(self, inputs: _StepInputs) -> tuple[TensorDict, Tensor, TensorDict]:
+        params, grad_reward, grad_cost, lagrange_multiplier, violation, state = inputs
+        if lagrange_multiplier.dim() != 0:
+            raise ValueError(
+                "lagrange_multiplier must be a scalar tensor, got shape "
+                f"{tuple(lagrange_multiplier.shape)}"
+            )
         dtype = self.theta_head.weight.dtype
         theta = flatten_params(params)
         n = theta.shape[0]

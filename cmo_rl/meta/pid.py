@@ -31,11 +31,12 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor, nn
 
-from cmo_rl.meta.functional import MetaOptimizer, global_rms
+from cmo_rl.meta.functional import MetaOptimizer, _StepInputs, global_rms
 
-__all__ = ["PIDMetaOptimizer"]
+__all__ = ["PID_GAINS", "PIDMetaOptimizer"]
 
-_GAINS = ("KP", "KI", "KD", "etaR", "etaC")
+#: The names of the five meta-parameters (:meth:`PIDMetaOptimizer.gains`).
+PID_GAINS = ("KP", "KI", "KD", "etaR", "etaC")
 
 
 class PIDMetaOptimizer(MetaOptimizer):
@@ -91,10 +92,10 @@ class PIDMetaOptimizer(MetaOptimizer):
     def gains(self) -> dict[str, Tensor]:
         """The positive meta-parameters ``{"KP", "KI", "KD", "etaR", "etaC"}`` (``exp`` of the raw
         log-parameters, differentiable)."""
-        return {name: getattr(self, f"log_{name}").exp() for name in _GAINS}
+        return {name: getattr(self, f"log_{name}").exp() for name in PID_GAINS}
 
     def meta_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {name: [getattr(self, f"log_{name}")] for name in _GAINS}
+        return {name: [getattr(self, f"log_{name}")] for name in PID_GAINS}
 
     def init_state(self, params: TensorDictBase) -> TensorDict:
         lam0 = self.init_multiplier(params)
@@ -109,19 +110,8 @@ class PIDMetaOptimizer(MetaOptimizer):
         scale = global_rms(grads) + self.eps
         return grads.apply(lambda g: g / scale)
 
-    def step(
-        self,
-        params: TensorDictBase,
-        grad_reward: TensorDictBase,
-        grad_cost: TensorDictBase,
-        lagrange_multiplier: Tensor,
-        violation: Tensor,
-        state: TensorDictBase,
-    ) -> tuple[TensorDict, Tensor, TensorDict]:
-        if violation.dim() != 0:
-            raise ValueError(
-                f"violation must be a scalar tensor, got shape {tuple(violation.shape)}"
-            )
+    def _step(self, inputs: _StepInputs) -> tuple[TensorDict, Tensor, TensorDict]:
+        params, grad_reward, grad_cost, _, violation, state = inputs  # lambda_k: not used
         k = {name: g.to(violation.dtype) for name, g in self.gains().items()}
         integral = (state["integral"] + violation).clamp_min(0.0)
         pid = (

@@ -21,26 +21,37 @@ differences, and the family (one task per seed) serves meta-training demos in se
 
 :class:`RolloutCMDP` is the real thing: each round collects ``episode_length`` steps from every
 sub-env of a batched TorchRL env with the detached policy, computes GAE advantages for reward
-and cost with critics fitted on the side (plain Adam, outside the meta-graph), and returns the
-importance-weighted surrogates of :func:`cmo_rl.meta.functional.surrogate_estimates`.
+and cost with critics fitted on the side (:class:`~cmo_rl.objectives.CriticLoss`, plain Adam,
+outside the meta-graph), and returns the importance-weighted surrogates of
+:func:`cmo_rl.meta.functional.surrogate_estimates`. Like the losses, it reads and writes the
+tensordict keys of its ``tensor_keys`` (renamed with :meth:`RolloutCMDP.set_keys`).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
+from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from cmo_rl.meta.bilevel import InnerRound
 from cmo_rl.meta.functional import log_prob_of, params_of, surrogate_estimates, swapped_params
+from cmo_rl.objectives.critic import CriticLoss
 from cmo_rl.objectives.lagrangian import make_value_estimators
 
 __all__ = ["ContextualBanditCMDP", "RolloutCMDP"]
+
+
+def _next(key: NestedKey) -> NestedKey:
+    """``key`` under ``"next"`` (where the env writes rewards and costs), as a flat tuple."""
+    return unravel_key(("next", key))
 
 
 class ContextualBanditCMDP:
@@ -165,7 +176,8 @@ class RolloutCMDP:
        advantages are centred (batch mean subtracted: same expected gradient, less variance),
        not rescaled, so the surrogate's gradient keeps the units of an episode return;
     4. fit both critics to the GAE targets with ``critic_steps`` full-batch Adam steps
-       (``critic_lr``) -- on the side, outside the meta-graph;
+       (``critic_lr``) on the sum of the :class:`~cmo_rl.objectives.CriticLoss` terms
+       ``loss_critic + loss_cost_critic`` -- on the side, outside the meta-graph;
     5. recompute ``action_log_prob`` under ``theta_k`` (so the ratio is exactly 1 there) and
        return :func:`~cmo_rl.meta.functional.surrogate_estimates` on the batch.
 
@@ -179,6 +191,12 @@ class RolloutCMDP:
         critic_lr, critic_steps: the critics' Adam.
 
     Metrics of a round: ``return``, ``cost`` (measured), ``time/collect``, ``time/gae``.
+
+    Keys: ``tensor_keys`` (defaults: the env's ``("next", "reward")``, ``("next", "cost")``,
+    the critics' ``state_value``, ``cost_value``, the ``GAE`` outputs ``advantage``,
+    ``value_target``, ``cost_advantage``, ``cost_value_target`` and the actor's
+    ``action_log_prob``, as in :class:`~cmo_rl.objectives.LagrangianPPOLoss`). :meth:`set_keys`
+    renames them here and in the task's ``reward_gae``, ``cost_gae`` and ``critic_loss``.
 
     >>> from cmo_rl.modules import actor_critic_from_env
     >>> from cmo_rl.testing import MockCMDPEnv
@@ -222,8 +240,71 @@ class RolloutCMDP:
         self.reward_gae, self.cost_gae = make_value_estimators(
             critic, cost_critic, gamma=gamma, lmbda=gae_lambda
         )
+        self.critic_loss = CriticLoss(critic, cost_critic)
         critic_params = list(critic.parameters()) + list(cost_critic.parameters())
         self.critic_optim = torch.optim.Adam(critic_params, lr=critic_lr)
+        self.tensor_keys = self._AcceptedKeys()
+        self.set_keys()  # the estimators and the critic loss read the same keys
+
+    @dataclass
+    class _AcceptedKeys(CriticLoss._AcceptedKeys):
+        """Configurable keys (change with :meth:`RolloutCMDP.set_keys`): the keys of
+        :class:`~cmo_rl.objectives.CriticLoss` (``value`` / ``cost_value``, which the critics
+        write, and ``value_target`` / ``cost_value_target``, which the ``GAE`` modules write;
+        same defaults) and these:
+
+        Attributes:
+            reward / cost: per-step reward and cost, read under ``"next"``. Defaults
+                ``"reward"``, ``"cost"``.
+            advantage / cost_advantage: what the ``GAE`` modules write (defaults: these names).
+            sample_log_prob: log-probability of ``action`` under the sampling parameters.
+                Defaults to ``"action_log_prob"``.
+        """
+
+        reward: NestedKey = "reward"
+        cost: NestedKey = "cost"
+        advantage: NestedKey = "advantage"
+        cost_advantage: NestedKey = "cost_advantage"
+        sample_log_prob: NestedKey = "action_log_prob"
+
+    default_keys = _AcceptedKeys
+
+    def set_keys(self, **kwargs: Any) -> None:
+        """Rename keys (fields of ``_AcceptedKeys``; ``None`` restores a default), here and in
+        ``reward_gae``, ``cost_gae`` and ``critic_loss``, exactly like ``LossModule.set_keys``.
+
+        >>> from cmo_rl.modules import actor_critic_from_env
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
+        >>> task = RolloutCMDP(env, *actor_critic_from_env(env, hidden_layers=(4,)), episode_length=3)
+        >>> task.set_keys(cost="penalty", cost_value_target="cost_target")
+        >>> task.cost_gae.tensor_keys.reward, task.critic_loss.tensor_keys.cost_value_target
+        ('penalty', 'cost_target')
+        """
+        accepted = {f.name for f in fields(self._AcceptedKeys)}
+        for name, key in kwargs.items():
+            if name not in accepted:
+                raise ValueError(
+                    f"{name} is not an accepted key of RolloutCMDP; accepted: {sorted(accepted)}"
+                )
+            setattr(
+                self.tensor_keys, name, getattr(self.default_keys(), name) if key is None else key
+            )
+        keys = self.tensor_keys
+        self.reward_gae.set_keys(
+            reward=keys.reward,
+            value=keys.value,
+            advantage=keys.advantage,
+            value_target=keys.value_target,
+        )
+        self.cost_gae.set_keys(
+            reward=keys.cost,
+            value=keys.cost_value,
+            advantage=keys.cost_advantage,
+            value_target=keys.cost_value_target,
+        )
+        critic_keys = fields(CriticLoss._AcceptedKeys)
+        self.critic_loss.set_keys(**{f.name: getattr(keys, f.name) for f in critic_keys})
 
     def init_params(self) -> TensorDict:
         """``theta_0``: a copy of the actor's parameters at construction."""
@@ -241,32 +322,38 @@ class RolloutCMDP:
 
     @torch.enable_grad()
     def _fit_critics(self, batch: TensorDictBase) -> None:
-        obs = batch.select(*self.critic.in_keys)
-        targets = (batch["value_target"], batch["cost_value_target"])
+        """``critic_steps`` full-batch Adam steps on ``loss_critic + loss_cost_critic``."""
+        data = batch.select(*self.critic_loss.in_keys)
         for _ in range(self.critic_steps):
-            value = self.critic(obs.copy())["state_value"]
-            cost_value = self.cost_critic(obs.copy())["cost_value"]
-            loss = (value - targets[0]).pow(2).mean() + (cost_value - targets[1]).pow(2).mean()
+            out = self.critic_loss(data)
+            loss = out["loss_critic"] + out["loss_cost_critic"]
             self.critic_optim.zero_grad(set_to_none=True)
             loss.backward()
             self.critic_optim.step()
 
     def sample_round(self, params: TensorDictBase) -> InnerRound:
         params = params.detach()
+        keys = replace(self.tensor_keys)  # a snapshot: the round's estimates keep its keys
         t0 = time.perf_counter()
         batch = self.collect(params)
         t1 = time.perf_counter()
-        episode_return = batch["next", "reward"].sum(1).mean()
-        episode_cost = batch["next", "cost"].sum(1).mean()
+        episode_return = batch.get(_next(keys.reward)).sum(1).mean()
+        episode_cost = batch.get(_next(keys.cost)).sum(1).mean()
         with torch.no_grad():
             self.reward_gae(batch)
             self.cost_gae(batch)
-            for key in ("advantage", "cost_advantage"):
+            for key in (keys.advantage, keys.cost_advantage):
                 batch[key] = batch[key] - batch[key].mean()
-            batch["action_log_prob"] = log_prob_of(self.actor, params, batch)
+            batch[keys.sample_log_prob] = log_prob_of(self.actor, params, batch)
         self._fit_critics(batch)
-        keys = ("action", "action_log_prob", "advantage", "cost_advantage")
-        data = batch.select(*self.actor.in_keys, *keys)
+        # "action": the key log_prob_of / surrogate_estimates read (cmo_rl.meta.functional)
+        data = batch.select(
+            *self.actor.in_keys,
+            "action",
+            keys.sample_log_prob,
+            keys.advantage,
+            keys.cost_advantage,
+        )
 
         def estimates(theta: TensorDictBase) -> tuple[Tensor, Tensor]:
             return surrogate_estimates(
@@ -276,6 +363,9 @@ class RolloutCMDP:
                 episode_return=episode_return,
                 episode_cost=episode_cost,
                 horizon=self.episode_length,
+                advantage_key=keys.advantage,
+                cost_advantage_key=keys.cost_advantage,
+                log_prob_key=keys.sample_log_prob,
             )
 
         metrics = {
@@ -291,11 +381,12 @@ class RolloutCMDP:
         deterministic-policy episodes of ``T`` steps."""
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
+        keys = self.tensor_keys
         returns, costs = [], []
         for _ in range(math.ceil(episodes / self.env.batch_size[0])):
             batch = self.collect(params, deterministic=True)
-            returns.append(batch["next", "reward"].sum(1).flatten())
-            costs.append(batch["next", "cost"].sum(1).flatten())
+            returns.append(batch.get(_next(keys.reward)).sum(1).flatten())
+            costs.append(batch.get(_next(keys.cost)).sum(1).flatten())
         return {
             "eval/episode_return": float(torch.cat(returns).mean()),
             "eval/episode_cost": float(torch.cat(costs).mean()),

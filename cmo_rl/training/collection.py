@@ -1,6 +1,7 @@
 """On-policy data collection: one ``Collector`` batch per epoch, and finished-episode statistics.
 
-Every epoch starts from freshly reset envs seeded with :func:`epoch_seed` ``(seed, epoch)``, so
+Every epoch starts from freshly reset envs seeded with :func:`cmo_rl.seeding.epoch_seed`
+``(seed, epoch)``, so
 an epoch's data depends only on the policy, the global RNG state and the epoch index, never on
 where the previous epoch stopped. That is what makes ``resume`` reproduce an uninterrupted run
 exactly (the envs' internal state never needs to be checkpointed). Choose
@@ -14,30 +15,17 @@ Batch keys (``B = num_envs``, ``T = steps_per_epoch / B``): everything of
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from tensordict import TensorDictBase
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
-if TYPE_CHECKING:
-    from cmo_rl.training.parallel import WorkerCollector, WorkerSpec
+from cmo_rl.seeding import epoch_seed
+from cmo_rl.training.parallel import WorkerCollector, WorkerSpec
 
-__all__ = ["EpisodeStats", "epoch_seed", "finished_episodes", "make_collector"]
-
-_SEED_STRIDE = 1_000_003  # > any num_envs: sub-env seeds of different epochs never collide
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of the envs at the start of ``epoch`` (0-based): ``seed + (epoch + 1) * 1_000_003``.
-
-    Sub-env ``i`` gets ``epoch_seed + i``.
-
-    >>> epoch_seed(0, 0), epoch_seed(7, 2)
-    (1000003, 3000016)
-    """
-    return int(seed) + (int(epoch) + 1) * _SEED_STRIDE
+__all__ = ["EpisodeStats", "finished_episodes", "make_collector"]
 
 
 class _EpochSeeder:
@@ -69,7 +57,8 @@ def make_collector(
         policy: the actor; it runs on ``device`` (the batch is stored there too).
         steps_per_epoch: frames per batch, all envs together (a multiple of ``num_envs``).
         num_epochs: epochs of the whole run.
-        seed: the run's seed (envs are re-seeded each epoch with :func:`epoch_seed`).
+        seed: the run's seed (envs are re-seeded each epoch with
+            :func:`~cmo_rl.seeding.epoch_seed`).
         first_epoch: index of the first epoch this collector collects (``> 0`` when resuming).
         device: policy and storage device.
         workers: collect in worker processes or Ray actors instead
@@ -79,13 +68,14 @@ def make_collector(
 
     The envs are reset at the start of every batch (``reset_at_each_iter=True``), after seeding.
 
-    >>> from cmo_rl.envs.factory import make_env
-    >>> from cmo_rl.modules import make_actor
-    >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0, max_episode_steps=4)
-    >>> collector = make_collector(env, make_actor(env, hidden_layers=(4,)), steps_per_epoch=8,
-    ...                            num_epochs=3, seed=0, first_epoch=1)
-    >>> [tuple(batch.shape) for batch in collector]  # epochs 1 and 2 are left
-    [(2, 4), (2, 4)]
+    Examples:
+        >>> from cmo_rl.envs.factory import make_env
+        >>> from cmo_rl.modules import make_actor
+        >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0, max_episode_steps=4)
+        >>> collector = make_collector(env, make_actor(env, hidden_layers=(4,)), steps_per_epoch=8,
+        ...                            num_epochs=3, seed=0, first_epoch=1)
+        >>> [tuple(batch.shape) for batch in collector]  # epochs 1 and 2 are left
+        [(2, 4), (2, 4)]
     """
     num_envs = int(env.batch_size.numel()) if env.batch_size else 1
     if steps_per_epoch < 1 or steps_per_epoch % num_envs:
@@ -99,8 +89,6 @@ def make_collector(
             f"no epoch left to collect: first_epoch={first_epoch}, num_epochs={num_epochs}"
         )
     if workers is not None:
-        from cmo_rl.training.parallel import WorkerCollector
-
         return WorkerCollector(
             env,
             policy,
@@ -129,9 +117,10 @@ def make_collector(
 class EpisodeStats(NamedTuple):
     """Per-episode ``returns``, ``costs`` and ``lengths`` (float ``[n]`` tensors, CPU).
 
-    >>> stats = EpisodeStats(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 4.0]), torch.ones(2))
-    >>> stats.count, float(stats.costs.max())
-    (2, 4.0)
+    Examples:
+        >>> stats = EpisodeStats(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 4.0]), torch.ones(2))
+        >>> stats.count, float(stats.costs.max())
+        (2, 4.0)
     """
 
     returns: torch.Tensor
@@ -147,9 +136,10 @@ class EpisodeStats(NamedTuple):
 
         With no episode only ``{prefix}/num_episodes = 0`` is returned.
 
-        >>> s = EpisodeStats(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 4.0]), torch.tensor([5.0, 5.0]))
-        >>> s.metrics("train")
-        {'train/num_episodes': 2, 'train/episode_return': 2.0, 'train/episode_cost': 2.0, 'train/episode_length': 5.0}
+        Examples:
+            >>> s = EpisodeStats(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 4.0]), torch.tensor([5.0, 5.0]))
+            >>> s.metrics("train")
+            {'train/num_episodes': 2, 'train/episode_return': 2.0, 'train/episode_cost': 2.0, 'train/episode_length': 5.0}
         """
         out: dict[str, float] = {f"{prefix}/num_episodes": self.count}
         if self.count:
@@ -166,14 +156,15 @@ def finished_episodes(batch: TensorDictBase) -> EpisodeStats:
     ``("next", "episode_cost")`` (``RewardSum``) and ``("next", "step_count")``
     (``StepCounter``; absent: lengths are NaN). Any batch shape; entries with ``[*B, 1]``.
 
-    >>> from tensordict import TensorDict
-    >>> done = torch.tensor([[[False], [True], [False]]])
-    >>> batch = TensorDict({"next": {"done": done,
-    ...     "episode_reward": torch.tensor([[[1.0], [2.0], [0.5]]]),
-    ...     "episode_cost": torch.tensor([[[0.0], [3.0], [1.0]]]),
-    ...     "step_count": torch.tensor([[[1], [2], [1]]])}}, batch_size=[1, 3])
-    >>> finished_episodes(batch)
-    EpisodeStats(returns=tensor([2.]), costs=tensor([3.]), lengths=tensor([2.]))
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> done = torch.tensor([[[False], [True], [False]]])
+        >>> batch = TensorDict({"next": {"done": done,
+        ...     "episode_reward": torch.tensor([[[1.0], [2.0], [0.5]]]),
+        ...     "episode_cost": torch.tensor([[[0.0], [3.0], [1.0]]]),
+        ...     "step_count": torch.tensor([[[1], [2], [1]]])}}, batch_size=[1, 3])
+        >>> finished_episodes(batch)
+        EpisodeStats(returns=tensor([2.]), costs=tensor([3.]), lengths=tensor([2.]))
     """
     nxt = batch.get("next", None)
     if nxt is None or "done" not in nxt.keys():

@@ -4,9 +4,10 @@
 ``ppo_lag``) and ``recipes/pid_lagrangian.py`` (:class:`~cmo_rl.objectives.PIDLagrangian`,
 ``pid_lag``) are the same PPO loop and differ only in how :math:`\\lambda` follows the measured
 violation. So the loop lives here, in :func:`train_lagrangian_ppo`, read top to bottom like a
-recipe, and each recipe script passes its multiplier: ``make_multiplier(cfg, device)`` builds it,
-``update_multiplier(multiplier, J_C)`` steps it once per epoch and returns its extra metrics
-(:func:`step_multiplier`, none, by default; the PID's ``train/pid_p``, ``_i``, ``_d``).
+recipe, and each recipe script passes its multiplier: ``make_multiplier(cfg, device)`` builds it
+(:func:`make_lagrange_multiplier`, :func:`make_pid_multiplier`), ``update_multiplier(multiplier,
+J_C)`` steps it once per epoch and returns its extra metrics (:func:`step_multiplier`, none, by
+default; :func:`pid_update`: the PID's ``train/pid_p``, ``_i``, ``_d``).
 
 Each epoch, on a fresh batch of ``steps_per_epoch`` env steps:
 
@@ -28,7 +29,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from cmo_rl.objectives import LagrangianPPOLoss
+from cmo_rl.objectives import LagrangeMultiplier, LagrangianPPOLoss, PIDLagrangian
+from cmo_rl.seeding import seed_everything
 from cmo_rl.training.collection import finished_episodes
 from cmo_rl.training.onpolicy import (
     approx_kl,
@@ -45,11 +47,16 @@ from cmo_rl.training.setup import (
     make_envs,
     make_estimators,
     make_run_collector,
-    seed_everything,
     set_torch_threads,
 )
 
-__all__ = ["step_multiplier", "train_lagrangian_ppo"]
+__all__ = [
+    "make_lagrange_multiplier",
+    "make_pid_multiplier",
+    "pid_update",
+    "step_multiplier",
+    "train_lagrangian_ppo",
+]
 
 #: ``make_multiplier(cfg, device)``: the recipe's multiplier module (``update``, ``value``).
 MultiplierFactory = Callable[[DictConfig, torch.device], nn.Module]
@@ -60,13 +67,83 @@ MultiplierUpdate = Callable[[nn.Module, float], dict[str, float]]
 def step_multiplier(multiplier: nn.Module, episode_cost: float) -> dict[str, float]:
     """The default ``update_multiplier``: ``multiplier.update(episode_cost)``, no extra metrics.
 
-    >>> from cmo_rl.objectives import LagrangeMultiplier
-    >>> lam = LagrangeMultiplier(cost_limit=10.0, init=1.0, lr=0.1, optimizer="sgd")
-    >>> step_multiplier(lam, 15.0), round(lam.value.item(), 3)  # 1 + 0.1 * (15 - 10)
-    ({}, 1.5)
+    Examples:
+        >>> from cmo_rl.objectives import LagrangeMultiplier
+        >>> lam = LagrangeMultiplier(cost_limit=10.0, init=1.0, lr=0.1, optimizer="sgd")
+        >>> step_multiplier(lam, 15.0), round(lam.value.item(), 3)  # 1 + 0.1 * (15 - 10)
+        ({}, 1.5)
     """
     multiplier.update(episode_cost)
     return {}
+
+
+def make_lagrange_multiplier(cfg: DictConfig, device: torch.device) -> LagrangeMultiplier:
+    """PPO-Lag's multiplier: :math:`\\lambda` and its own optimizer (``lambda_optimizer``, step
+    ``lambda_lr``) on :math:`J_C - d`, starting at ``lambda_init``.
+
+    Examples:
+        >>> cfg = DictConfig({"cost_limit": 10.0, "lambda_init": 1.0, "lambda_lr": 0.1,
+        ...                   "lambda_optimizer": "sgd"})
+        >>> lam = make_lagrange_multiplier(cfg, torch.device("cpu"))
+        >>> step_multiplier(lam, 15.0), round(lam.value.item(), 3)  # 1 + 0.1 * (15 - 10)
+        ({}, 1.5)
+    """
+    return LagrangeMultiplier(
+        cfg.cost_limit,
+        init=cfg.lambda_init,
+        lr=cfg.lambda_lr,
+        optimizer=cfg.lambda_optimizer,
+        device=device,
+    )
+
+
+def make_pid_multiplier(cfg: DictConfig, device: torch.device) -> PIDLagrangian:
+    """PID-Lag's multiplier: the PID controller of :math:`\\lambda` from the ``pid_*`` and
+    ``lambda_*`` keys (``sum_norm=False``: the loss already divides by ``1 + lambda``, which
+    makes ``lambda_max`` a bound on :math:`\\lambda` itself).
+
+    Examples:
+        >>> cfg = DictConfig({"cost_limit": 10.0, "pid_kp": 0.1, "pid_ki": 0.01, "pid_kd": 0.01,
+        ...     "pid_d_delay": 2, "pid_delta_p_ema_alpha": 0.9, "pid_delta_d_ema_alpha": 0.5,
+        ...     "lambda_max": 100.0, "lambda_init": 0.001})
+        >>> pid = make_pid_multiplier(cfg, torch.device("cpu"))
+        >>> {k: round(v, 3) for k, v in pid_update(pid, 20.0).items()}, round(pid.value.item(), 3)
+        ({'train/pid_p': 0.1, 'train/pid_i': 0.101, 'train/pid_d': 0.1}, 0.301)
+    """
+    return PIDLagrangian(
+        cfg.cost_limit,
+        kp=cfg.pid_kp,
+        ki=cfg.pid_ki,
+        kd=cfg.pid_kd,
+        d_delay=cfg.pid_d_delay,
+        pid_delta_p_ema_alpha=cfg.pid_delta_p_ema_alpha,
+        pid_delta_d_ema_alpha=cfg.pid_delta_d_ema_alpha,
+        sum_norm=False,
+        penalty_max=cfg.lambda_max,
+        lagrangian_multiplier_init=cfg.lambda_init,
+        device=device,
+    )
+
+
+def pid_update(pid: PIDLagrangian, episode_cost: float) -> dict[str, float]:
+    """PID-Lag's ``update_multiplier``: one PID update on :math:`J_C`; returns its terms
+    ``train/pid_p``, ``train/pid_i``, ``train/pid_d``: :math:`K_P P`, :math:`I`,
+    :math:`K_D (C - C_{t-D})_+` (their sum is :math:`\\lambda` before its projection).
+
+    Examples:
+        >>> pid = PIDLagrangian(cost_limit=10.0, kp=1.0, ki=0.0, kd=0.0, pid_delta_p_ema_alpha=0.0,
+        ...                     sum_norm=False, lagrangian_multiplier_init=0.0)
+        >>> pid_update(pid, 12.0)["train/pid_p"], pid.value.item()  # K_P (J_C - d)
+        (2.0, 2.0)
+    """
+    before = pid.state()
+    pid.update(episode_cost)
+    oldest = before["cost_d_history"][before["history_index"]]
+    return {
+        "train/pid_p": float(pid.kp * pid.delta_p),
+        "train/pid_i": float(pid.integral),
+        "train/pid_d": float(pid.kd * (pid.cost_d - oldest).clamp_min(0.0)),
+    }
 
 
 def train_lagrangian_ppo(
@@ -89,27 +166,30 @@ def train_lagrangian_ppo(
 
     Metric names and run layout: ``docs/metrics.md``.
 
-    >>> import tempfile
-    >>> import pandas as pd
-    >>> from omegaconf import OmegaConf
-    >>> from cmo_rl.objectives import LagrangeMultiplier
-    >>> yaml = Path(__file__).resolve().parents[2] / "recipes" / "config" / "ppo_lagrangian.yaml"
-    >>> cfg = OmegaConf.merge(OmegaConf.load(yaml), {
-    ...     "env_id": "MockCMDP-v0", "max_episode_steps": 25, "steps_per_epoch": 200,
-    ...     "total_steps": 400, "hidden_layers": [8], "update_iters": 1, "eval_interval": 2,
-    ...     "eval_episodes": 1, "cost_limit": 3.0, "progress": False,
-    ...     "run_root": tempfile.mkdtemp()})
-    >>> for hydra_only in ("defaults", "hydra"):
-    ...     _ = cfg.pop(hydra_only)
-    >>> def make(cfg, device):
-    ...     return LagrangeMultiplier(cfg.cost_limit, init=0.5, lr=0.1, device=device)
-    >>> def hold(multiplier, episode_cost):  # a fixed lambda: no update, one extra metric
-    ...     return {"train/held": 1.0}
-    >>> run_dir = train_lagrangian_ppo(cfg, recipe="fixed_lag", make_multiplier=make,
-    ...                                update_multiplier=hold)
-    >>> metrics = pd.read_csv(run_dir / "metrics.csv")
-    >>> run_dir.parts[-3], metrics["train/lambda"].tolist(), metrics["train/held"].tolist()
-    ('fixed_lag', [0.5, 0.5], [1.0, 1.0])
+    Examples:
+        >>> import tempfile
+        >>> import pandas as pd
+        >>> from omegaconf import OmegaConf
+        >>> from cmo_rl.objectives import LagrangeMultiplier
+        >>> yaml = Path(__file__).resolve().parents[2] / "recipes" / "config" / "ppo_lagrangian.yaml"
+        >>> cfg = OmegaConf.merge(OmegaConf.load(yaml), {
+        ...     "env_id": "MockCMDP-v0", "max_episode_steps": 25, "steps_per_epoch": 200,
+        ...     "total_steps": 400, "hidden_layers": [8], "update_iters": 1, "eval_interval": 2,
+        ...     "eval_episodes": 1, "cost_limit": 3.0, "progress": False,
+        ...     "run_root": tempfile.mkdtemp()})
+        >>> for hydra_only in ("defaults", "hydra"):
+        ...     _ = cfg.pop(hydra_only)
+        >>> def make(cfg, device):
+        ...     return LagrangeMultiplier(cfg.cost_limit, init=0.5, lr=0.1, device=device)
+        >>> def hold(multiplier, episode_cost):  # a fixed lambda: no update, one extra metric
+        ...     return {"train/held": 1.0}
+        >>> run_dir = train_lagrangian_ppo(cfg, recipe="fixed_lag", make_multiplier=make,
+        ...                                update_multiplier=hold)  # doctest: +ELLIPSIS
+        run directory: .../fixed_lag/MockCMDP-v0/...
+        finished: .../fixed_lag/MockCMDP-v0/...
+        >>> metrics = pd.read_csv(run_dir / "metrics.csv")
+        >>> run_dir.parts[-3], metrics["train/lambda"].tolist(), metrics["train/held"].tolist()
+        ('fixed_lag', [0.5, 0.5], [1.0, 1.0])
     """
     run = TrainingRun(cfg, recipe=recipe)
     cfg = run.cfg  # on resume: the stored config (plus allowed changes)

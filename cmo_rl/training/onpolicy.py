@@ -9,7 +9,8 @@ Per epoch, on the ``[num_envs, T]`` batch of the collector:
 2. :func:`minibatch_epochs` makes ``update_iters`` passes over the flattened batch in shuffled
    minibatches; each step minimises :math:`\\sum_k \\mathcal{L}_k` over the ``loss_*`` terms of the
    loss module, clips each parameter group's gradient norm, and after each pass stops early
-   when :math:`\\widehat{KL} = \\mathbb{E}[\\log\\pi_{old}(a|s) - \\log\\pi_\\theta(a|s)] >` ``target_kl``;
+   when :math:`\\widehat{KL} = \\mathbb{E}[(r - 1) - \\log r] >` ``target_kl``, with
+   :math:`r = \\pi_\\theta(a|s) / \\pi_{old}(a|s)` (:func:`approx_kl`, never negative);
 3. :func:`linear_lr` decays the actor's learning rate
    :math:`\\eta_e = \\eta_0 (1 - e / E)` over the ``E`` epochs of the run.
 """
@@ -19,14 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torch import nn
 
+from cmo_rl.lifecycle.guard import NonFiniteGuard
 from cmo_rl.objectives.lagrangian import normalize_advantages
-from cmo_rl.training.guard import NonFiniteGuard
 
 __all__ = [
-    "CriticLoss",
     "approx_kl",
     "compute_advantages",
     "linear_lr",
@@ -132,7 +132,22 @@ def approx_kl(
     action_key: str = "action",
     log_prob_key: str = "action_log_prob",
 ) -> float:
-    """TorchRL's ``kl_approx`` on a whole batch: :math:`\\mathbb{E}[\\log\\pi_{old} - \\log\\pi_\\theta]`.
+    """Non-negative estimate of :math:`KL(\\pi_{old} \\| \\pi_\\theta)` on a whole batch.
+
+    With :math:`r = \\pi_\\theta(a|s) / \\pi_{old}(a|s)` for the stored actions
+    :math:`a \\sim \\pi_{old}`,
+
+    .. math::
+
+        \\widehat{KL} = \\mathbb{E}\\big[(r - 1) - \\log r\\big]
+
+    (Schulman's "k3" estimator, http://joschu.net/blog/kl-approx.html). It is unbiased, like
+    :math:`\\mathbb{E}[-\\log r]` (TorchRL's ``kl_approx``), since :math:`\\mathbb{E}[r] = 1`
+    under :math:`\\pi_{old}`, but every term is :math:`\\ge 0` (as :math:`\\log r \\le r - 1`),
+    so the estimate never goes negative (and, for nearby policies, varies less). It is the
+    ``train/kl`` metric and the ``target_kl`` early-stop criterion of the recipes. :math:`r - 1`
+    is computed as ``expm1(log r)``, which keeps each term exactly :math:`\\ge 0` in floating
+    point.
 
     ``batch`` holds the collected ``action`` and its behaviour ``action_log_prob``; it is not
     modified.
@@ -145,11 +160,14 @@ def approx_kl(
     ...     batch = env.rollout(3, actor)
     >>> approx_kl(actor, batch)  # the same policy: zero
     0.0
+    >>> batch["action_log_prob"] = batch["action_log_prob"] + 0.25  # pi_old was likelier
+    >>> round(approx_kl(actor, batch), 6)  # log r = -0.25 everywhere: e^-0.25 - 1 + 0.25
+    0.028801
     """
     with torch.no_grad():
         dist = actor.get_dist(batch.clone(False))
-        log_prob = dist.log_prob(batch.get(action_key))
-        return float((batch.get(log_prob_key) - log_prob).mean())
+        log_ratio = dist.log_prob(batch.get(action_key)) - batch.get(log_prob_key)
+        return float((torch.expm1(log_ratio) - log_ratio).mean())
 
 
 def _group_norms(
@@ -209,7 +227,7 @@ def minibatch_epochs(
     ...     return TensorDict(loss_mse=(layer(td["x"]) - td["y"]).pow(2).mean())
     >>> out = minibatch_epochs(data, loss_fn, torch.optim.SGD(layer.parameters(), lr=0.25),
     ...                        update_iters=2, minibatch_size=4, guard=NonFiniteGuard())
-    >>> round(float(layer.weight), 4), out["update_passes"], out["skipped_updates"]
+    >>> round(layer.weight.item(), 4), out["update_passes"], out["skipped_updates"]
     (1.875, 2, 0)
     """
     if batch.batch_dims != 1:
@@ -270,46 +288,6 @@ def minibatch_epochs(
     result["update_passes"] = passes
     result["skipped_updates"] = guard.skipped - skipped_before
     return result
-
-
-class CriticLoss(nn.Module):
-    """Regression of both critics on their GAE targets (the critic half of an on-policy loss).
-
-    .. math::
-
-        \\mathcal{L}_{\\text{critic}} = \\mathbb{E}[(V_R(s) - \\hat V_R)^2], \\qquad
-        \\mathcal{L}_{\\text{cost\\_critic}} = \\mathbb{E}[(V_C(s) - \\hat V_C)^2]
-
-    Reads ``observation``, ``value_target``, ``cost_value_target`` ``[*B, 1]``; returns
-    ``loss_critic`` and ``loss_cost_critic`` (used by CPO, whose policy step is not a loss).
-
-    >>> from cmo_rl.envs.factory import make_env
-    >>> from cmo_rl.modules import make_cost_critic, make_value_critic
-    >>> env = make_env("MockCMDP-v0", num_envs=2)
-    >>> loss = CriticLoss(make_value_critic(env, (4,)), make_cost_critic(env, (4,)))
-    >>> td = env.reset().set("value_target", torch.zeros(2, 1)).set("cost_value_target", torch.zeros(2, 1))
-    >>> sorted(loss(td).keys())
-    ['loss_cost_critic', 'loss_critic']
-    """
-
-    def __init__(self, critic: nn.Module, cost_critic: nn.Module) -> None:
-        super().__init__()
-        self.critic = critic
-        self.cost_critic = cost_critic
-
-    def forward(self, tensordict: TensorDictBase) -> TensorDict:
-        td = tensordict.clone(False)
-        out = {}
-        for name, network, value_key, target_key in (
-            ("loss_critic", self.critic, "state_value", "value_target"),
-            ("loss_cost_critic", self.cost_critic, "cost_value", "cost_value_target"),
-        ):
-            target = td.get(target_key, None)
-            if target is None:
-                raise KeyError(f"the batch has no {target_key!r}: run compute_advantages first")
-            value = network(td).get(value_key)
-            out[name] = (value - target.detach()).pow(2).mean()
-        return TensorDict(out)
 
 
 #: update output key -> metric name (``docs/metrics.md``); ``loss_*`` keys keep their name.

@@ -25,10 +25,6 @@ from the workers' RNGs (not the training process's), and the Mock CMDP draws its
 one generator per env object, so its ``multi_sync`` data differ from ``sync`` (Safety-Gymnasium
 seeds every sub-env on its own, so reset states match ``sync`` exactly).
 
-Meta-training: :class:`TaskPool` runs the tasks of each ``MetaTrainer`` meta-iteration
-(collection, inner updates and each task's meta-gradient) in worker processes and sums their
-meta-gradients in seed order, so the result does not depend on the number of workers.
-
 Observation normalisation with ``multi_sync``: the workers' ``VecNormV2`` (``StableVecNorm``) share the training
 env's statistics (shared memory, TorchRL's lock), so checkpoints and evaluation read the same
 statistics as in the ``sync`` path; the order in which workers add their rows to the running sums
@@ -50,24 +46,21 @@ from torch import nn
 from torchrl.envs import EnvBase
 
 from cmo_rl.config import ConfigError
-from cmo_rl.training.collection import epoch_seed
+from cmo_rl.seeding import ACTION_SEED_SHIFT, epoch_seed
 
 __all__ = [
     "BACKENDS",
     "CollectorConfig",
-    "TaskPool",
     "WorkerCollector",
     "WorkerEnv",
     "WorkerSpec",
     "shutdown_collector",
-    "task_action_seed",
     "worker_action_seed",
     "worker_spec",
 ]
 
 #: The values of ``collector.backend``.
 BACKENDS = ("sync", "multi_sync", "ray")
-_ACTION_SEED_SHIFT = 1 << 40  # action seeds never equal an env seed (those are < 2**31 + epochs)
 
 
 def worker_action_seed(env_seed: int, worker_index: int) -> int:
@@ -76,7 +69,7 @@ def worker_action_seed(env_seed: int, worker_index: int) -> int:
     >>> worker_action_seed(1000003, 0), worker_action_seed(1000003, 1) - worker_action_seed(1000003, 0)
     (1099512627779, 1)
     """
-    return _ACTION_SEED_SHIFT + int(env_seed) + int(worker_index)
+    return ACTION_SEED_SHIFT + int(env_seed) + int(worker_index)
 
 
 @dataclass(frozen=True)
@@ -478,155 +471,6 @@ def shutdown_collector(collector: Any) -> None:
     collector.shutdown()
     for scheme in (getattr(collector, "_weight_sync_schemes", None) or {}).values():
         scheme.shutdown()
-
-
-# ------------------------------------------------------------------------------------ meta-batch
-def task_action_seed(task_seed: int) -> int:
-    """Seed of torch's RNG (action sampling) while :class:`TaskPool` runs the task ``task_seed``.
-
-    >>> task_action_seed(7) - task_action_seed(6)
-    1
-    """
-    return _ACTION_SEED_SHIFT * 2 + int(task_seed)
-
-
-#: The trainer copy that runs tasks in this (worker) process.
-_POOL_TRAINER: Any = None
-
-
-def _worker_trainer(payload: Mapping[str, Any]) -> Any:
-    """A trainer that only runs tasks (its outer Adam is never stepped); leaves torch's global
-    RNG as it was."""
-    from cmo_rl.meta.trainer import MetaTrainer
-
-    settings = dict(payload)
-    settings.pop("torch_threads")
-    meta_optimizer = copy.deepcopy(settings.pop("meta_optimizer")).to(settings.pop("device"))
-    with torch.random.fork_rng(devices=[]):
-        return MetaTrainer(meta_optimizer, copy.copy(settings.pop("task_sampler")), **settings)
-
-
-def _pool_init(payload: Mapping[str, Any]) -> None:
-    global _POOL_TRAINER
-    torch.set_num_threads(int(payload["torch_threads"]))
-    _POOL_TRAINER = _worker_trainer(payload)
-
-
-def _pool_task(job: tuple[dict[str, torch.Tensor], int]) -> tuple[list, dict[str, float]]:
-    return _run_pool_task(_POOL_TRAINER, job)
-
-
-def _run_pool_task(
-    trainer: Any, job: tuple[dict[str, torch.Tensor], int]
-) -> tuple[list, dict[str, float]]:
-    state, seed = job
-    trainer.meta_optimizer.load_state_dict(state)
-    params = list(trainer.meta_optimizer.parameters())
-    for p in params:
-        p.grad = None
-    cuda = [p.device for p in params[:1] if p.device.type == "cuda"]
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(task_action_seed(seed))
-        summary = trainer.run_task(seed)
-    grads = [None if p.grad is None else p.grad.detach().cpu() for p in params]
-    return grads, summary
-
-
-class TaskPool:
-    """Runs the tasks of each meta-iteration of a :class:`~cmo_rl.meta.MetaTrainer` in worker
-    processes: ``trainer.task_runner = TaskPool(trainer, num_workers=4)``.
-
-    Every worker holds a copy of the trainer's task sampler and meta-optimizer. Per
-    meta-iteration each task (one seed) goes to a free worker with the current meta-parameters;
-    the worker runs :meth:`MetaTrainer.run_task` -- collection, inner updates and the task's
-    meta-gradient -- with torch's RNG seeded by :func:`task_action_seed`, and returns the
-    gradient, which is added to the trainer's ``.grad`` in seed order. A meta-iteration therefore
-    depends only on the meta-parameters and the task seeds: the same for any ``num_workers``
-    (``0`` runs the tasks here, one after another, the same way). It differs from the trainer's
-    own sequential loop, whose tasks draw their actions from one continuing RNG stream.
-
-    Args:
-        trainer: the trainer (its sampler must be picklable: env ids, or picklable factories
-            such as ``functools.partial(MockCMDPEnv, ...)``).
-        num_workers: worker processes (``0``: in this process).
-        torch_threads: intra-op threads of each worker.
-
-    >>> import functools
-    >>> from cmo_rl.meta import MetaTrainer, RolloutTaskSampler, make_meta_optimizer
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> sampler = RolloutTaskSampler([functools.partial(MockCMDPEnv, episode_length=5)],
-    ...                              episode_length=5, vector_envs_per_task=2, hidden_layers=(8,))
-    >>> trainer = MetaTrainer(make_meta_optimizer("pid"), sampler, inner_rollouts=2,
-    ...                       unroll_steps=2, meta_batch_size=2, cost_limit=1.0, mu=1.0)
-    >>> trainer.task_runner = TaskPool(trainer, num_workers=0)
-    >>> trainer.meta_iteration()["meta/grad_norm"] > 0
-    True
-    """
-
-    def __init__(self, trainer: Any, num_workers: int, *, torch_threads: int = 1) -> None:
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        sampler = copy.copy(trainer.task_sampler)
-        if hasattr(sampler, "_envs"):  # RolloutTaskSampler: workers build their own envs
-            sampler._envs = {}
-        params = list(trainer.meta_optimizer.parameters())
-        payload = {
-            "meta_optimizer": copy.deepcopy(trainer.meta_optimizer).to("cpu"),
-            "task_sampler": sampler,
-            "device": params[0].device,
-            "torch_threads": torch_threads,
-            "inner_rollouts": trainer.inner_rollouts,
-            "unroll_steps": trainer.unroll_steps,
-            "meta_batch_size": trainer.meta_batch_size,
-            "cost_limit": trainer.cost_limit,
-            "mu": trainer.mu,
-            "violation_scale": trainer.violation_scale,
-        }
-        self.num_workers = int(num_workers)
-        self._executor: Any = None
-        self._local: Any = None
-        if self.num_workers:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            self._executor = ProcessPoolExecutor(
-                self.num_workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_pool_init,
-                initargs=(payload,),
-            )
-        else:  # the same worker code, in this process
-            self._local = _worker_trainer(payload)
-
-    def __call__(self, trainer: Any, seeds: list[int]) -> list[dict[str, float]]:
-        state = {k: v.detach().cpu() for k, v in trainer.meta_optimizer.state_dict().items()}
-        jobs = [(state, int(seed)) for seed in seeds]
-        if self._executor is not None:
-            outcomes = list(self._executor.map(_pool_task, jobs))
-        else:
-            outcomes = [_run_pool_task(self._local, job) for job in jobs]
-        params = list(trainer.meta_optimizer.parameters())
-        summaries = []
-        for grads, summary in outcomes:
-            for p, g in zip(params, grads):
-                if g is None:
-                    continue
-                g = g.to(p.device)
-                p.grad = g if p.grad is None else p.grad.add_(g)
-            summaries.append(summary)
-        return summaries
-
-    def close(self) -> None:
-        """Stop the worker processes (idempotent)."""
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
-            self._executor = None
-
-    def __enter__(self) -> TaskPool:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 # ------------------------------------------------------------------------------------ ray

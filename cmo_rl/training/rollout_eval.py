@@ -22,14 +22,15 @@ def sync_observation_norm(source: EnvBase, target: EnvBase) -> None:
 
     A no-op when neither env normalises observations; ``ValueError`` when only one does.
 
-    >>> from cmo_rl.envs.factory import make_env
-    >>> train = make_env("MockCMDP-v0", num_envs=2, seed=0, normalize_observations=True)
-    >>> _ = train.rollout(5)
-    >>> evaluation = make_env("MockCMDP-v0", num_envs=2, seed=1, normalize_observations=True)
-    >>> sync_observation_norm(train, evaluation)
-    >>> norm = observation_norm_of(evaluation)
-    >>> norm.frozen, torch.equal(norm.loc["observation"], observation_norm_of(train).loc["observation"])
-    (True, True)
+    Examples:
+        >>> from cmo_rl.envs.factory import make_env
+        >>> train = make_env("MockCMDP-v0", num_envs=2, seed=0, normalize_observations=True)
+        >>> _ = train.rollout(5)
+        >>> evaluation = make_env("MockCMDP-v0", num_envs=2, seed=1, normalize_observations=True)
+        >>> sync_observation_norm(train, evaluation)
+        >>> norm = observation_norm_of(evaluation)
+        >>> norm.frozen, torch.equal(norm.loc["observation"], observation_norm_of(train).loc["observation"])
+        (True, True)
     """
     src, dst = observation_norm_of(source), observation_norm_of(target)
     if src is None and dst is None:
@@ -75,14 +76,15 @@ def evaluate_policy(
     Returns:
         :class:`~cmo_rl.training.collection.EpisodeStats` with ``B`` episodes.
 
-    >>> from cmo_rl.envs.factory import make_env
-    >>> from torchrl.modules import SafeModule
-    >>> env = make_env("MockCMDP-v0", num_envs=3, max_episode_steps=4)
-    >>> always_half = SafeModule(lambda obs: torch.full((*obs.shape[:-1], 1), 0.5),
-    ...                          in_keys=["observation"], out_keys=["action"])
-    >>> stats = evaluate_policy(env, always_half, max_steps=4, seed=0)
-    >>> stats.returns, stats.lengths  # reward = action = 0.5 for 4 steps
-    (tensor([2., 2., 2.]), tensor([4., 4., 4.]))
+    Examples:
+        >>> from cmo_rl.envs.factory import make_env
+        >>> from torchrl.modules import SafeModule
+        >>> env = make_env("MockCMDP-v0", num_envs=3, max_episode_steps=4)
+        >>> always_half = SafeModule(lambda obs: torch.full((*obs.shape[:-1], 1), 0.5),
+        ...                          in_keys=["observation"], out_keys=["action"])
+        >>> stats = evaluate_policy(env, always_half, max_steps=4, seed=0)
+        >>> stats.returns, stats.lengths  # reward = action = 0.5 for 4 steps
+        (tensor([2., 2., 2.]), tensor([4., 4., 4.]))
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -121,9 +123,10 @@ def evaluate_policy(
 def eval_metrics(stats: EpisodeStats, cost_limit: float) -> dict[str, float]:
     """The ``eval/...`` metrics of ``docs/metrics.md`` for ``stats`` and limit ``d``.
 
-    >>> s = EpisodeStats(torch.tensor([10.0, 20.0]), torch.tensor([5.0, 30.0]), torch.tensor([9.0, 9.0]))
-    >>> eval_metrics(s, cost_limit=25.0)["eval/constraint_satisfaction"]
-    0.5
+    Examples:
+        >>> s = EpisodeStats(torch.tensor([10.0, 20.0]), torch.tensor([5.0, 30.0]), torch.tensor([9.0, 9.0]))
+        >>> eval_metrics(s, cost_limit=25.0)["eval/constraint_satisfaction"]
+        0.5
     """
     out = stats.metrics("eval")
     if stats.count:

@@ -1,5 +1,5 @@
-"""Building a recipe's objects from its config: seeds, training/eval envs, networks, estimators,
-the run's collector.
+"""Building a recipe's objects from its config: threads, training/eval envs, networks,
+estimators, the run's collector (seeds: :func:`cmo_rl.seeding.seed_everything`).
 
 The config keys read here are those of :data:`cmo_rl.training.schema.COMMON`. Every baseline
 recipe (``recipes/cpo.py``, and :func:`cmo_rl.training.lagrangian_ppo.train_lagrangian_ppo`
@@ -9,11 +9,9 @@ these functions, one call per object, in the same order.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, TransformedEnv
@@ -33,21 +31,8 @@ __all__ = [
     "make_envs",
     "make_estimators",
     "make_run_collector",
-    "seed_everything",
     "set_torch_threads",
 ]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device).
-
-    >>> seed_everything(3); a = torch.rand(1)
-    >>> seed_everything(3); bool(torch.equal(a, torch.rand(1)))
-    True
-    """
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 (libraries below us use the global RNG)
-    torch.manual_seed(seed)
 
 
 def set_torch_threads(threads: int) -> None:
@@ -57,10 +42,11 @@ def set_torch_threads(threads: int) -> None:
     faster than two that spin-wait for each other, and a fixed count keeps float reductions
     reproducible from run to run.
 
-    >>> before = torch.get_num_threads()
-    >>> set_torch_threads(0)  # 0: leave torch's default alone
-    >>> torch.get_num_threads() == before
-    True
+    Examples:
+        >>> before = torch.get_num_threads()
+        >>> set_torch_threads(0)  # 0: leave torch's default alone
+        >>> torch.get_num_threads() == before
+        True
     """
     if threads < 0:
         raise ValueError(f"threads must be >= 0, got {threads}")
@@ -75,11 +61,12 @@ def make_envs(cfg: Mapping[str, Any]) -> tuple[TransformedEnv, TransformedEnv]:
     ``normalize_observations``); the eval env's normaliser is synced from the training env
     before each evaluation (:func:`cmo_rl.training.rollout_eval.sync_observation_norm`).
 
-    >>> cfg = {"env_id": "MockCMDP-v0", "num_envs": 4, "eval_episodes": 2, "seed": 0,
-    ...        "max_episode_steps": 10, "normalize_observations": True}
-    >>> env, eval_env = make_envs(cfg)
-    >>> tuple(env.batch_size), tuple(eval_env.batch_size)
-    ((4,), (2,))
+    Examples:
+        >>> cfg = {"env_id": "MockCMDP-v0", "num_envs": 4, "eval_episodes": 2, "seed": 0,
+        ...        "max_episode_steps": 10, "normalize_observations": True}
+        >>> env, eval_env = make_envs(cfg)
+        >>> tuple(env.batch_size), tuple(eval_env.batch_size)
+        ((4,), (2,))
     """
     options = {
         "normalize_observations": bool(cfg["normalize_observations"]),
@@ -95,11 +82,12 @@ def make_agent(cfg: Mapping[str, Any], env: TransformedEnv, device: torch.device
     ``init_log_std`` and (optional, default ``"normal"``) ``distribution`` from the config, on
     ``device``.
 
-    >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0)
-    >>> cfg = {"hidden_layers": [8], "activation": "tanh", "init_log_std": -0.5}
-    >>> actor, critic, cost_critic = make_agent(cfg, env, torch.device("cpu"))
-    >>> actor(env.reset())["action"].shape
-    torch.Size([2, 1])
+    Examples:
+        >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0)
+        >>> cfg = {"hidden_layers": [8], "activation": "tanh", "init_log_std": -0.5}
+        >>> actor, critic, cost_critic = make_agent(cfg, env, torch.device("cpu"))
+        >>> actor(env.reset())["action"].shape
+        torch.Size([2, 1])
     """
     return actor_critic_from_env(
         env,
@@ -119,13 +107,14 @@ def make_estimators(
 ) -> tuple[GAE, GAE]:
     """Reward and cost GAE with ``gamma``/``gae_lambda`` and ``cost_gamma``/``cost_gae_lambda``.
 
-    >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0)
-    >>> cfg = {"hidden_layers": [8], "activation": "tanh", "init_log_std": -0.5, "gamma": 0.99,
-    ...        "gae_lambda": 0.95, "cost_gamma": 0.9, "cost_gae_lambda": 0.8}
-    >>> _, critic, cost_critic = make_agent(cfg, env, torch.device("cpu"))
-    >>> gae, cost_gae = make_estimators(cfg, critic, cost_critic, torch.device("cpu"))
-    >>> round(float(cost_gae.gamma), 3), round(float(cost_gae.lmbda), 3), cost_gae.tensor_keys.advantage
-    (0.9, 0.8, 'cost_advantage')
+    Examples:
+        >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0)
+        >>> cfg = {"hidden_layers": [8], "activation": "tanh", "init_log_std": -0.5, "gamma": 0.99,
+        ...        "gae_lambda": 0.95, "cost_gamma": 0.9, "cost_gae_lambda": 0.8}
+        >>> _, critic, cost_critic = make_agent(cfg, env, torch.device("cpu"))
+        >>> gae, cost_gae = make_estimators(cfg, critic, cost_critic, torch.device("cpu"))
+        >>> round(float(cost_gae.gamma), 3), round(float(cost_gae.lmbda), 3), cost_gae.tensor_keys.advantage
+        (0.9, 0.8, 'cost_advantage')
     """
     return make_value_estimators(
         critic,
@@ -155,15 +144,16 @@ def make_run_collector(
         policy: the actor, run on ``device``.
         device: policy and batch device.
 
-    >>> from types import SimpleNamespace
-    >>> from cmo_rl.modules import make_actor
-    >>> cfg = {"env_id": "MockCMDP-v0", "max_episode_steps": 4, "steps_per_epoch": 8, "seed": 0,
-    ...        "collector": None}
-    >>> run = SimpleNamespace(cfg=cfg, num_epochs=3, epoch=1)  # resumed after epoch 1 of 3
-    >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0, max_episode_steps=4)
-    >>> collector = make_run_collector(run, env, make_actor(env, hidden_layers=(4,)), "cpu")
-    >>> [tuple(batch.shape) for batch in collector]
-    [(2, 4), (2, 4)]
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> from cmo_rl.modules import make_actor
+        >>> cfg = {"env_id": "MockCMDP-v0", "max_episode_steps": 4, "steps_per_epoch": 8, "seed": 0,
+        ...        "collector": None}
+        >>> run = SimpleNamespace(cfg=cfg, num_epochs=3, epoch=1)  # resumed after epoch 1 of 3
+        >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0, max_episode_steps=4)
+        >>> collector = make_run_collector(run, env, make_actor(env, hidden_layers=(4,)), "cpu")
+        >>> [tuple(batch.shape) for batch in collector]
+        [(2, 4), (2, 4)]
     """
     cfg = run.cfg
     return make_collector(

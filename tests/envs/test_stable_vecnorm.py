@@ -6,8 +6,9 @@ from tensordict import TensorDict
 from torchrl.envs.transforms.vecnorm import VecNormV2
 
 from cmo_rl.envs import StableVecNorm, make_safety_env
+from cmo_rl.seeding import seed_everything
 from cmo_rl.training.collection import make_collector
-from cmo_rl.training.setup import make_agent, seed_everything
+from cmo_rl.training.setup import make_agent
 
 
 def _norm(cls: type) -> VecNormV2:

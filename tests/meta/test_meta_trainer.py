@@ -9,15 +9,11 @@ import torch
 
 import cmo_rl  # noqa: F401
 from cmo_rl.meta.bilevel import bilevel_objective, unroll
+from cmo_rl.meta.frozen import meta_test, run_frozen
 from cmo_rl.meta.functional import flatten_params
 from cmo_rl.meta.problems import ContextualBanditCMDP, RolloutCMDP
-from cmo_rl.meta.trainer import (
-    MetaTrainer,
-    RolloutTaskSampler,
-    make_meta_optimizer,
-    meta_test,
-    run_frozen,
-)
+from cmo_rl.meta.tasks import RolloutTaskSampler
+from cmo_rl.meta.trainer import MetaTrainer, make_meta_optimizer
 from cmo_rl.testing import MockCMDPEnv
 
 MOCK = functools.partial(MockCMDPEnv, episode_length=10)
@@ -135,15 +131,16 @@ def test_task_sampler_is_deterministic_per_seed():
 def test_meta_test_keeps_the_optimizer_frozen():
     opt = make_meta_optimizer("lstm", hidden_size=4, init_lambda=0.3)
     before = copy.deepcopy(opt.state_dict())
+    sampler = RolloutTaskSampler([MOCK], **TASK_KW)
     results = meta_test(
-        opt, [MOCK], budget=2, seeds=[0, 1], cost_limit=1.0, eval_episodes=8, **TASK_KW
+        {"lstm": opt}, sampler, budget=2, seeds=[0, 1], cost_limit=1.0, mu=1.0, eval_episodes=8
     )
     assert len(results) == 2 and [r["seed"] for r in results] == [0, 1]
     for r in results:
         assert r["env_id"] == "MockCMDPEnv" and len(r["rounds"]) == 3
         assert r["rounds"][0]["lambda"] == pytest.approx(0.3)
-        assert r["rounds"][-1]["return"] == r["final_return"]
-        assert {"eval/episode_return", "eval/episode_cost"} <= set(r)
+        assert r["rounds"][-1]["return"] == r["return"]
+        assert {"eval_return", "eval_cost"} <= set(r)
     for name, p in opt.named_parameters():
         assert torch.equal(p, before[name]) and p.grad is None
 
@@ -166,6 +163,34 @@ def test_state_dict_roundtrip():
     assert torch.equal(trainer.generator.get_state(), other.generator.get_state())
     with pytest.raises(ValueError, match="missing"):
         other.load_state_dict({"iteration": 3})
+
+
+def test_balanced_tasks_take_the_env_ids_in_turn_and_resume_the_count():
+    kw = {**TASK_KW, "vector_envs_per_task": 2}
+
+    def trainer():
+        sampler = RolloutTaskSampler(["MockCMDP-v0", MOCK], **kw)
+        opt = make_meta_optimizer("pid", init_etaR=0.05)
+        settings = dict(inner_rollouts=1, unroll_steps=1, meta_batch_size=3, cost_limit=1.0)
+        return MetaTrainer(opt, sampler, mu=1.0, balanced_tasks=True, **settings)
+
+    first = trainer()
+    first.meta_iteration()
+    assert [t.name for t in first.last_tasks] == ["MockCMDP-v0", "MockCMDPEnv", "MockCMDP-v0"]
+    assert {t.env_steps for t in first.last_tasks} == {(1 + 1) * 10 * 2}
+    assert first.task_count == 3 and first.env_steps == 3 * 40
+    resumed = trainer()
+    resumed.load_state_dict(copy.deepcopy(first.state_dict()))
+    rng = torch.get_rng_state()
+    for run in (first, resumed):
+        torch.set_rng_state(rng)  # what the program's checkpoint restores beside the trainer
+        run.meta_iteration()
+        assert [t.name for t in run.last_tasks] == ["MockCMDPEnv", "MockCMDP-v0", "MockCMDPEnv"]
+    assert resumed.env_steps == first.env_steps == 6 * 40
+    assert [t.final_cost for t in resumed.last_tasks] == [t.final_cost for t in first.last_tasks]
+    old = {k: v for k, v in first.state_dict().items() if k != "task_count"}
+    resumed.load_state_dict(old)  # a checkpoint from before the count: iterations x batch
+    assert resumed.task_count == 6
 
 
 def test_from_config_builds_the_rl_trainer():
@@ -198,10 +223,17 @@ def test_from_config_builds_the_rl_trainer():
         seed=0,
         device="cpu",
         meta_optimizer_type="pid",
+        meta_grad_clip=1.0,
+        gae_lambda=0.95,
+        nan_policy="skip",
+        critic_lr=1e-3,
+        critic_steps=10,
+        violation_scale=None,
+        balanced_tasks=False,
     )
     trainer = MetaTrainer.from_config(cfg)
     assert trainer.meta_optimizer.gains()["etaC"].item() == pytest.approx(0.03)
-    assert trainer.task_sampler.hidden_layers == (16,)
+    assert trainer.task_sampler.settings.hidden_layers == (16,)
     history = trainer.train()
     assert len(history) == 2 and trainer.iteration == 2
     lstm = MetaTrainer.from_config({**cfg, "meta_optimizer_type": "lstm"}).meta_optimizer
@@ -236,7 +268,10 @@ def test_trainer_rejects_bad_arguments():
     with pytest.raises(ValueError, match="nan_policy"):
         MetaTrainer(opt, ContextualBanditCMDP.sample, nan_policy="ignore", **base)
     with pytest.raises(ValueError, match="budget"):
-        meta_test(opt, [MOCK], budget=0, seeds=[0], cost_limit=1.0, **TASK_KW)
+        sampler = RolloutTaskSampler([MOCK], **TASK_KW)
+        meta_test({"pid": opt}, sampler, budget=0, seeds=[0], cost_limit=1.0, mu=1.0)
+    with pytest.raises(ValueError, match="balanced_tasks"):
+        MetaTrainer(opt, ContextualBanditCMDP.sample, balanced_tasks=True, **base)
     with pytest.raises(ValueError, match="inner_steps"):
         unroll(opt, ContextualBanditCMDP.sample(0), inner_steps=0, unroll_steps=1, cost_limit=1.0)
 
