@@ -92,7 +92,7 @@ def test_main_loop_runs_on_a_real_task(lambda_rule: str, capsys, one_thread) -> 
     assert int(batch["next", "done"].sum()) == 4 * 2  # two 50-step episodes per env and batch
     assert "cost_advantage" in batch.keys() and "value_target" in batch.keys()
     for key in ("loss_objective", "loss_critic", "loss_cost_critic"):
-        assert math.isfinite(float(out[key]))
+        assert math.isfinite(out[key].item())
 
     # PPO moved the policy away from its initial parameters (theta is a copy of them)
     initial = ns["theta"].flatten_keys(".")
@@ -132,6 +132,6 @@ def test_mock_example_learns_a_constraint_aware_policy(capsys, one_thread) -> No
     # an untrained policy earns ~0; always a = 1 earns 20 at cost 10: the limit 3 binds
     assert ret > 6.0, ret
     assert abs(cost - cost_limit) < 1.0, cost
-    assert float(ns["multiplier"].value.detach()) > 0.0
+    assert float(ns["multiplier"].value) > 0.0
     # a policy that ignores the observed cost factor s pays 0.5 cost per unit of return
     assert cost / ret < 0.42, cost / ret

@@ -1,4 +1,4 @@
-"""Safe-RL objectives: PPO-Lagrangian loss, Lagrange/PID multipliers, the CPO step."""
+"""Safe-RL objectives: PPO-Lagrangian and critic losses, Lagrange/PID multipliers, the CPO step."""
 
 from cmo_rl.objectives.cpo import (
     CPOStep,
@@ -8,6 +8,7 @@ from cmo_rl.objectives.cpo import (
     fisher_vector_product,
     make_fisher_vector_product,
 )
+from cmo_rl.objectives.critic import CriticLoss
 from cmo_rl.objectives.lagrangian import (
     LagrangianPPOLoss,
     lagrangian_advantage,
@@ -19,6 +20,7 @@ from cmo_rl.objectives.multipliers import LagrangeMultiplier, PIDLagrangian, pid
 __all__ = [
     "CPOStep",
     "CPOUpdate",
+    "CriticLoss",
     "LagrangeMultiplier",
     "LagrangianPPOLoss",
     "PIDLagrangian",

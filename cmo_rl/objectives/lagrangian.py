@@ -20,7 +20,6 @@ Advantages and targets come from two TorchRL ``GAE`` modules (:func:`make_value_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +28,9 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule
 from tensordict.utils import NestedKey
 from torch import nn
-from torchrl.objectives import LossModule
 from torchrl.objectives.value import GAE
+
+from cmo_rl.objectives.critic import _CriticLossBase, _unique
 
 __all__ = [
     "LagrangianPPOLoss",
@@ -47,6 +47,13 @@ def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
         return torch.broadcast_shapes(shape, target) == target
     except RuntimeError:
         return False
+
+
+def _explained_variance(target: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``1 - Var(target - value) / Var(target)`` (population variances), without gradient."""
+    with torch.no_grad():
+        t, v = target.detach(), value.detach()
+        return 1.0 - (t - v).var(correction=0) / (t.var(correction=0) + _EPS)
 
 
 def lagrangian_advantage(
@@ -155,7 +162,7 @@ def make_value_estimators(
     return gae, cost_gae
 
 
-class LagrangianPPOLoss(LossModule):
+class LagrangianPPOLoss(_CriticLossBase):
     """Clipped PPO on the Lagrangian advantage, with reward and cost critic losses.
 
     The actor and both critics are held as *plain submodules* (no TorchRL functional copies):
@@ -176,8 +183,8 @@ class LagrangianPPOLoss(LossModule):
             or a module with a ``.value`` tensor (:class:`~cmo_rl.objectives.LagrangeMultiplier`,
             :class:`~cmo_rl.objectives.PIDLagrangian`). A module is *not* registered as a
             submodule: its state is updated by its own rule, never by an optimizer over
-            ``loss.parameters()``, so move it to the device yourself. :math:`\\lambda` is not
-            detached.
+            ``loss.parameters()``, so move it to the device yourself (the ``.value`` of both
+            multiplier modules is detached). The loss itself does not detach :math:`\\lambda`.
 
     Input keys (``N`` samples, any batch shape): ``observation``, ``action``,
     ``action_log_prob`` ``[*B]``, ``advantage``, ``cost_advantage``, ``value_target``,
@@ -207,17 +214,16 @@ class LagrangianPPOLoss(LossModule):
     """
 
     @dataclass
-    class _AcceptedKeys:
-        """Configurable input keys (change with :meth:`set_keys`).
+    class _AcceptedKeys(_CriticLossBase._AcceptedKeys):
+        """Configurable input keys (change with :meth:`set_keys`): the critic keys of
+        :class:`~cmo_rl.objectives.CriticLoss` (``value_target``, ``cost_value_target``,
+        ``value``, ``cost_value``, same defaults) and those of the policy term:
 
         Attributes:
             action: the action taken. Defaults to ``"action"``.
             sample_log_prob: log-probability of ``action`` under the behaviour policy.
                 Defaults to ``"action_log_prob"``.
             advantage / cost_advantage: reward / cost advantages ``[*B, 1]``.
-            value_target / cost_value_target: regression targets of the critics ``[*B, 1]``.
-            value / cost_value: keys the critics write. Defaults ``"state_value"``,
-                ``"cost_value"``.
             lagrange_multiplier: key of :math:`\\lambda` when no ``multiplier`` is given.
         """
 
@@ -225,21 +231,32 @@ class LagrangianPPOLoss(LossModule):
         sample_log_prob: NestedKey = "action_log_prob"
         advantage: NestedKey = "advantage"
         cost_advantage: NestedKey = "cost_advantage"
-        value_target: NestedKey = "value_target"
-        cost_value_target: NestedKey = "cost_value_target"
-        value: NestedKey = "state_value"
-        cost_value: NestedKey = "cost_value"
         lagrange_multiplier: NestedKey = "lagrange_multiplier"
 
-    default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
     _schedulable_buffers = frozenset(
         {"clip_epsilon", "entropy_coeff", "critic_coeff", "cost_critic_coeff"}
     )
+    _OUT_KEYS = (
+        "loss_objective",
+        "loss_critic",
+        "loss_cost_critic",
+        "loss_entropy",
+        "entropy",
+        "kl_approx",
+        "clip_fraction",
+        "ratio_mean",
+        "lagrange_multiplier",
+        "advantage_mean",
+        "advantage_std",
+        "cost_advantage_mean",
+        "cost_advantage_std",
+        "lagrangian_advantage_mean",
+        "explained_variance",
+        "cost_explained_variance",
+    )
 
     actor_network: ProbabilisticTensorDictSequential
-    critic_network: TensorDictModule
-    cost_critic_network: TensorDictModule
 
     def __init__(
         self,
@@ -260,41 +277,15 @@ class LagrangianPPOLoss(LossModule):
             )
         if not 0.0 < float(clip_epsilon) < 1.0:
             raise ValueError(f"clip_epsilon must be in (0, 1), got {clip_epsilon}")
-        for name, value in (
-            ("entropy_coeff", entropy_coeff),
-            ("critic_coeff", critic_coeff),
-            ("cost_critic_coeff", cost_critic_coeff),
-        ):
-            if float(value) < 0.0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        self._in_keys = None
-        self._out_keys = None
-        super().__init__()
-        self.actor_network = actor
-        self.critic_network = critic
-        self.cost_critic_network = cost_critic
-        try:
-            device = next(actor.parameters()).device
-        except StopIteration:
-            device = None
-        self.register_coeff_buffer("clip_epsilon", clip_epsilon, device=device)
-        self.register_coeff_buffer("entropy_coeff", entropy_coeff, device=device)
-        self.register_coeff_buffer("critic_coeff", critic_coeff, device=device)
-        self.register_coeff_buffer("cost_critic_coeff", cost_critic_coeff, device=device)
+        super().__init__(
+            {"actor_network": actor, "critic_network": critic, "cost_critic_network": cost_critic},
+            clip_epsilon=clip_epsilon,
+            entropy_coeff=entropy_coeff,
+            critic_coeff=critic_coeff,
+            cost_critic_coeff=cost_critic_coeff,
+        )
         self.normalize_advantage = bool(normalize_advantage)
-        self.reduction = "mean"
         self.multiplier = multiplier
-
-    def named_parameters(
-        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
-    ) -> Iterator[tuple[str, nn.Parameter]]:
-        # LossModule's override drops `remove_duplicate`, which torch.func.functional_call
-        # passes (torch.nn.utils.stateless._untie_named_tensors_map): restore the full signature.
-        for name, param in nn.Module.named_parameters(
-            self, prefix=prefix, recurse=recurse, remove_duplicate=remove_duplicate
-        ):
-            if not name.startswith("_target"):
-                yield name, param
 
     # ----------------------------------------------------------------------------- multiplier
     def __setattr__(self, name: str, value: Any) -> None:
@@ -357,68 +348,24 @@ class LagrangianPPOLoss(LossModule):
         return value
 
     # ------------------------------------------------------------------------------- keys
-    def _forward_value_estimator_keys(self, **kwargs: Any) -> None:
-        # Value estimation is done outside the loss (make_value_estimators); just refresh keys.
-        self._in_keys = None
-
-    @property
-    def in_keys(self) -> list[NestedKey]:
-        if self._in_keys is None:
-            keys: list[NestedKey] = []
-            for k in (
+    def _collect_in_keys(self) -> list[NestedKey]:
+        keys = self.tensor_keys
+        in_keys = _unique(
+            (
                 *self.actor_network.in_keys,
                 *self.critic_network.in_keys,
                 *self.cost_critic_network.in_keys,
-                self.tensor_keys.action,
-                self.tensor_keys.sample_log_prob,
-                self.tensor_keys.advantage,
-                self.tensor_keys.cost_advantage,
-                self.tensor_keys.value_target,
-                self.tensor_keys.cost_value_target,
-            ):
-                if k not in keys:
-                    keys.append(k)
-            if self.multiplier is None:
-                keys.append(self.tensor_keys.lagrange_multiplier)
-            self._in_keys = keys
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values: list[NestedKey]) -> None:
-        self._in_keys = values
-
-    @property
-    def out_keys(self) -> list[str]:
-        if self._out_keys is None:
-            self._out_keys = [
-                "loss_objective",
-                "loss_critic",
-                "loss_cost_critic",
-                "loss_entropy",
-                "entropy",
-                "kl_approx",
-                "clip_fraction",
-                "ratio_mean",
-                "lagrange_multiplier",
-                "advantage_mean",
-                "advantage_std",
-                "cost_advantage_mean",
-                "cost_advantage_std",
-                "lagrangian_advantage_mean",
-                "explained_variance",
-                "cost_explained_variance",
-            ]
-        return self._out_keys
-
-    @out_keys.setter
-    def out_keys(self, values: list[str]) -> None:
-        self._out_keys = values
-
-    def make_value_estimator(self, value_type: Any = None, **hyperparams: Any) -> LossModule:
-        raise NotImplementedError(
-            "LagrangianPPOLoss does not own value estimators: build them with "
-            "make_value_estimators(critic, cost_critic, gamma, lmbda) and run them on the batch"
+                keys.action,
+                keys.sample_log_prob,
+                keys.advantage,
+                keys.cost_advantage,
+                keys.value_target,
+                keys.cost_value_target,
+            )
         )
+        if self.multiplier is None:
+            in_keys.append(keys.lagrange_multiplier)
+        return in_keys
 
     # ---------------------------------------------------------------------------- forward
     def _require(self, tensordict: TensorDictBase, key: NestedKey, what: str) -> torch.Tensor:
@@ -432,25 +379,6 @@ class LagrangianPPOLoss(LossModule):
             )
             raise KeyError(f"the {what} key {key!r} is missing from the input tensordict{hint}")
         return value
-
-    def _critic_loss(
-        self,
-        tensordict: TensorDictBase,
-        network: TensorDictModule,
-        value_key: NestedKey,
-        target: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        value = network(tensordict).get(value_key)
-        if value.shape != target.shape:
-            raise ValueError(
-                f"{value_key!r} has shape {tuple(value.shape)} but its target has shape "
-                f"{tuple(target.shape)}"
-            )
-        loss = self._reduce_loss((value - target.detach()).pow(2), tensordict)
-        with torch.no_grad():
-            t, v = target.detach(), value.detach()
-            explained = 1.0 - (t - v).var(correction=0) / (t.var(correction=0) + _EPS)
-        return loss, explained
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         tensordict = tensordict.clone(False)  # the networks write loc/scale/values here
@@ -502,11 +430,8 @@ class LagrangianPPOLoss(LossModule):
         entropy = self._entropy(dist)
         loss_entropy = -self.entropy_coeff * self._reduce_loss(entropy, tensordict)
 
-        loss_critic, explained = self._critic_loss(
-            tensordict, self.critic_network, keys.value, value_target
-        )
-        loss_cost_critic, cost_explained = self._critic_loss(
-            tensordict, self.cost_critic_network, keys.cost_value, cost_value_target
+        critic_losses, (value, cost_value) = self._critic_terms(
+            tensordict, value_target, cost_value_target
         )
 
         with torch.no_grad():
@@ -521,12 +446,11 @@ class LagrangianPPOLoss(LossModule):
                 cost_advantage_mean=raw_cost_advantage.mean(),
                 cost_advantage_std=raw_cost_advantage.std(correction=0),
                 lagrangian_advantage_mean=penalised.detach().mean(),
-                explained_variance=explained,
-                cost_explained_variance=cost_explained,
+                explained_variance=_explained_variance(value_target, value),
+                cost_explained_variance=_explained_variance(cost_value_target, cost_value),
             )
         out.set("loss_objective", loss_objective)
-        out.set("loss_critic", self.critic_coeff * loss_critic)
-        out.set("loss_cost_critic", self.cost_critic_coeff * loss_cost_critic)
+        out.update(critic_losses)
         out.set("loss_entropy", loss_entropy)
         return out
 

@@ -1,10 +1,25 @@
 """Lagrange multiplier update rules: projected gradient ascent and PID (OmniSafe's rules).
 
 Both are ``nn.Module`` s holding all their state in tensors (parameters/buffers), expose
-``cost_limit``, ``value`` (the current :math:`\\lambda`), ``update(episode_cost) -> value`` and
-``forward(td)``, which writes ``lagrange_multiplier`` into ``td``. Call ``update`` once per
-iteration with the mean episode cost :math:`J_C` of the last batch, *before* the policy update
+``cost_limit``, ``value`` (the current :math:`\\lambda`, a detached ``[]`` tensor),
+``update(episode_cost) -> value`` and ``forward(td)``, which writes ``lagrange_multiplier`` into
+``td``. Call ``update`` once per iteration with the episode costs :math:`J_C` of the last batch
+(a mean, or the costs of the finished episodes, which are averaged), *before* the policy update
 (OmniSafe's order).
+
+**A batch in which no episode finished** (long episodes, short batches) has no measurement of
+:math:`J_C`: pass its (empty) selection of episode costs as it is,
+
+.. code-block:: python
+
+    multiplier.update(batch["next", "episode_cost"][batch["next", "done"]])
+
+and the dual step is *skipped*: :math:`\\lambda` and every piece of controller state (Adam's
+moments and step count, the PID integral, averages and history) stay as they are, and
+``update`` returns the current :math:`\\lambda`. The controller advances once per *measurement*
+(as the recipes do: :func:`~cmo_rl.training.lagrangian_ppo.train_lagrangian_ppo` updates only in
+epochs where episodes finished). A NaN cost (say the ``.mean()`` of that empty selection) is an
+error, never a silent skip.
 """
 
 from __future__ import annotations
@@ -20,17 +35,21 @@ from torch import nn
 __all__ = ["LagrangeMultiplier", "PIDLagrangian", "pid_lagrangian_step"]
 
 
-def _episode_cost_tensor(episode_cost: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """Mean episode cost as a ``[]`` tensor on ``like``'s device/dtype (keeps autograd)."""
+def _episode_cost_tensor(
+    episode_cost: torch.Tensor | float, like: torch.Tensor
+) -> torch.Tensor | None:
+    """Mean episode cost as a ``[]`` tensor on ``like``'s device/dtype (keeps autograd);
+    ``None`` when ``episode_cost`` is empty (no episode finished: the update is skipped)."""
     cost = torch.as_tensor(episode_cost)
     if cost.numel() == 0:
-        raise ValueError(
-            "episode_cost is empty: no episode finished in this batch; skip the update or pass "
-            "the last known mean episode cost"
-        )
+        return None
     cost = cost.to(device=like.device, dtype=like.dtype).mean()
     if not bool(torch.isfinite(cost.detach())):
-        raise ValueError(f"episode_cost must be finite, got {float(cost.detach())}")
+        raise ValueError(
+            f"episode_cost must be finite, got {float(cost.detach())} (to skip the update of a "
+            "batch in which no episode finished, pass the empty selection of episode costs, "
+            "not its mean)"
+        )
     return cost
 
 
@@ -122,17 +141,32 @@ class LagrangeMultiplier(_Multiplier):
 
     @property
     def value(self) -> torch.Tensor:
-        """The current :math:`\\lambda` (the parameter itself, shape ``[]``)."""
-        return self.multiplier
+        """The current :math:`\\lambda`, shape ``[]``: a detached view of the parameter
+        ``multiplier`` (it follows later updates; ``.clone()`` it to keep a snapshot).
+
+        Detached, so ``float(lam.value)`` converts without autograd's warning and a loss that
+        reads it (:class:`~cmo_rl.objectives.LagrangianPPOLoss`) sends no gradient to the
+        parameter, which only :meth:`update` changes.
+        """
+        return self.multiplier.detach()
 
     def update(self, episode_cost: torch.Tensor | float) -> torch.Tensor:
         """One ascent step on the mean episode cost :math:`J_C`; returns the new, detached value.
 
         Args:
             episode_cost: mean episode cost, a float or a tensor (averaged if it has several
-                entries, e.g. the costs of the episodes finished in the batch).
+                entries, e.g. the costs of the episodes finished in the batch). Empty (no
+                episode finished): the step is skipped, the state is unchanged and the current
+                value is returned (see the module docstring).
+
+        >>> lam = LagrangeMultiplier(cost_limit=10.0, init=0.5, lr=0.1, optimizer="sgd")
+        >>> lam.update(torch.tensor([]))  # no episode finished: no step
+        tensor(0.5000)
         """
-        jc = _episode_cost_tensor(episode_cost, self.multiplier).detach()
+        jc = _episode_cost_tensor(episode_cost, self.multiplier)
+        if jc is None:
+            return self.multiplier.detach().clone()
+        jc = jc.detach()
         self._optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
             lambda_loss = -self.multiplier * (jc - self.cost_limit)
@@ -334,20 +368,25 @@ class PIDLagrangian(_Multiplier):
 
     @property
     def kp(self) -> torch.Tensor:
-        return self.gains[0]
+        """:math:`K_P`, detached (``float(pid.kp)`` never warns; :attr:`gains` keeps the graph)."""
+        return self.gains[0].detach()
 
     @property
     def ki(self) -> torch.Tensor:
-        return self.gains[1]
+        """:math:`K_I`, detached (see :attr:`kp`)."""
+        return self.gains[1].detach()
 
     @property
     def kd(self) -> torch.Tensor:
-        return self.gains[2]
+        """:math:`K_D`, detached (see :attr:`kp`)."""
+        return self.gains[2].detach()
 
     @property
     def value(self) -> torch.Tensor:
-        """The current :math:`\\lambda` (buffer ``multiplier``, shape ``[]``)."""
-        return self.multiplier
+        """The current :math:`\\lambda`, shape ``[]``: the buffer ``multiplier``, detached (a
+        view that follows later updates; ``.clone()`` it to keep a snapshot). The
+        differentiable :math:`\\lambda` of a step is what :meth:`update` / :meth:`step` return."""
+        return self.multiplier.detach()
 
     _STATE_KEYS = ("integral", "delta_p", "cost_d", "multiplier", "cost_d_history", "history_index")
 
@@ -356,8 +395,13 @@ class PIDLagrangian(_Multiplier):
         return TensorDict({k: getattr(self, k).detach().clone() for k in self._STATE_KEYS})
 
     def step(self, state: TensorDictBase, episode_cost: torch.Tensor | float) -> TensorDict:
-        """Pure update: ``state -> new state`` with this module's constants and gains."""
+        """Pure update: ``state -> new state`` with this module's constants and gains.
+
+        An empty ``episode_cost`` (no episode finished) returns a copy of ``state``: no step.
+        """
         jc = _episode_cost_tensor(episode_cost, self.cost_limit)
+        if jc is None:
+            return TensorDict({k: state[k].clone() for k in self._STATE_KEYS})
         kp, ki, kd = self.gains.unbind(0)
         return pid_lagrangian_step(
             state,
@@ -379,7 +423,19 @@ class PIDLagrangian(_Multiplier):
         The buffers store detached values (no graph grows across iterations); the returned
         tensor keeps this step's graph, so with ``learnable_gains`` it is differentiable
         w.r.t. ``raw_gains`` (a one-step truncation; use :meth:`step` for longer unrolls).
+
+        An empty ``episode_cost`` (no episode finished in the batch) skips the step: no state
+        changes (``history_index`` does not advance) and the current :math:`\\lambda` is returned.
+
+        >>> pid = PIDLagrangian(cost_limit=10.0, kp=0.1, ki=0.01, kd=0.01, d_delay=2,
+        ...                     pid_delta_p_ema_alpha=0.9, pid_delta_d_ema_alpha=0.5)
+        >>> round(float(pid.update(20.0)), 6), round(float(pid.update([])), 6)
+        (0.301, 0.301)
+        >>> int(pid.history_index)  # one step taken
+        1
         """
+        if _episode_cost_tensor(episode_cost, self.cost_limit) is None:
+            return self.multiplier.clone()
         new = self.step(self.state(), episode_cost)
         with torch.no_grad():
             for key in self._STATE_KEYS:

@@ -1,6 +1,8 @@
 """Lagrange and PID multipliers against hand-computed updates and OmniSafe's reference rule."""
 
+import copy
 import random
+import warnings
 from collections import deque
 
 import pytest
@@ -43,10 +45,27 @@ def test_update_accepts_tensors_and_averages_episode_costs():
     lam = LagrangeMultiplier(cost_limit=10.0, init=0.5, lr=0.1, optimizer="sgd")
     out = lam.update(torch.tensor([[14.0], [16.0]]))  # mean 15
     assert out.item() == pytest.approx(1.0) and not out.requires_grad
-    with pytest.raises(ValueError, match="empty"):
-        lam.update(torch.tensor([]))
     with pytest.raises(ValueError, match="finite"):
         lam.update(float("nan"))
+    with pytest.raises(ValueError, match="pass the empty selection"):  # the mean of nothing
+        lam.update(torch.tensor([]).mean())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_lagrange_skips_the_step_when_no_episode_finished(optimizer):
+    lam = LagrangeMultiplier(cost_limit=25.0, init=0.001, lr=0.035, optimizer=optimizer)
+    done = torch.zeros(4, 1, dtype=torch.bool)  # a batch in which no episode finished
+    episode_cost = torch.full((4, 1), 99.0)  # running sums, not episode totals
+    before = copy.deepcopy(lam.state_dict())
+    for empty in (episode_cost[done], torch.tensor([]), []):
+        out = lam.update(empty)
+        assert out.item() == pytest.approx(0.001) and not out.requires_grad
+    after = lam.state_dict()
+    assert after.keys() == before.keys()
+    assert after["multiplier"].item() == before["multiplier"].item()
+    assert after["_extra_state"]["optimizer"]["state"] == {}  # Adam: no step counted
+    # the next measurement is the first step: SGD 0.001 + 0.035 * 5; Adam +0.035 (t = 1)
+    assert lam.update(30.0).item() == pytest.approx(0.176 if optimizer == "sgd" else 0.036)
 
 
 def test_forward_writes_lagrange_multiplier():
@@ -233,6 +252,66 @@ def test_pid_matches_omnisafe_reference_on_random_sequences(d_delay, sum_norm, d
         costs, 25.0, 0.3, 0.02, 0.05, d_delay, 0.9, 0.8, sum_norm, diff_norm, 2.0, 0.01
     )
     assert _values(pid, costs) == pytest.approx(ref, abs=1e-5)
+
+
+def test_pid_skips_the_step_when_no_episode_finished():
+    pid = PIDLagrangian(
+        cost_limit=10.0,
+        kp=0.1,
+        ki=0.01,
+        kd=0.01,
+        d_delay=2,
+        pid_delta_p_ema_alpha=0.9,
+        pid_delta_d_ema_alpha=0.5,
+    )
+    empty = torch.tensor([])
+    assert pid.update(empty).item() == 0.0 and pid.history_index.item() == 0
+    # the same sequence as test_pid_updates_by_hand with batches without episodes in between:
+    # each empty batch leaves lambda and every piece of state as it was
+    values = _values(pid, [20.0, empty, empty, 30.0, [], 5.0])
+    assert values == pytest.approx([0.301, 0.301, 0.301, 0.791, 0.791, 0.487], abs=1e-6)
+    assert pid.history_index.item() == 1  # three steps taken
+    assert pid.integral.item() == pytest.approx(0.251, abs=1e-6)
+    state = pid.state()
+    same = pid.step(state, empty)  # the pure form: a copy of the state
+    for key in state.keys():
+        assert torch.equal(same[key], state[key])
+    assert same["integral"] is not state["integral"]
+
+
+def test_value_converts_to_float_without_warnings():
+    lam = LagrangeMultiplier(cost_limit=10.0, init=0.5, lr=0.1, optimizer="sgd")
+    pid = PIDLagrangian(
+        cost_limit=10.0,
+        kp=0.1,
+        ki=0.01,
+        kd=0.01,
+        d_delay=2,
+        pid_delta_p_ema_alpha=0.9,
+        pid_delta_d_ema_alpha=0.5,
+        learnable_gains=True,
+    )
+    keys = {"lam": set(lam.state_dict()), "pid": set(pid.state_dict())}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert float(lam.value) == 0.5
+        assert float(pid.value) == 0.0
+        assert [round(float(k), 6) for k in (pid.kp, pid.ki, pid.kd)] == [0.1, 0.01, 0.01]
+        lam.update(15.0)
+        pid.update(20.0)
+        assert float(lam.value) == pytest.approx(1.0) and repr(lam)
+        assert float(pid.value) == pytest.approx(0.301, abs=1e-6) and repr(pid)
+    assert not lam.value.requires_grad and not pid.value.requires_grad and not pid.kp.requires_grad
+    # state and the learnable parts are unchanged: the parameter, its optimizer, the gains
+    assert {"lam": set(lam.state_dict()), "pid": set(pid.state_dict())} == keys
+    assert keys["lam"] == {"multiplier", "cost_limit", "_extra_state"}
+    assert isinstance(lam.multiplier, torch.nn.Parameter) and lam.multiplier.requires_grad
+    assert [n for n, _ in lam.named_parameters()] == ["multiplier"]
+    assert pid.gains.requires_grad and pid.update(20.0).requires_grad
+    # value is a view: it follows later updates (clone it to keep a snapshot)
+    view, snapshot = lam.value, lam.value.clone()
+    lam.update(20.0)  # 1.0 + 0.1 * (20 - 10)
+    assert view.item() == pytest.approx(2.0) and snapshot.item() == pytest.approx(1.0)
 
 
 def test_pid_state_dict_round_trip():
