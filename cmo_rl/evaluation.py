@@ -95,8 +95,9 @@ def _check_limit(limit: float) -> float:
 def mean_return_cost(returns: Any, costs: Any) -> tuple[float, float]:
     """Mean episode return and mean episode cost.
 
-    >>> mean_return_cost([10.0, 20.0, 30.0], [0.0, 5.0, 40.0])
-    (20.0, 15.0)
+    Examples:
+        >>> mean_return_cost([10.0, 20.0, 30.0], [0.0, 5.0, 40.0])
+        (20.0, 15.0)
     """
     r, c = _as_array(returns, "returns"), _as_array(costs, "costs")
     if r.shape != c.shape:
@@ -107,8 +108,9 @@ def mean_return_cost(returns: Any, costs: Any) -> tuple[float, float]:
 def constraint_satisfaction_rate(costs: Any, limit: float) -> float:
     r"""Fraction of episodes within the limit: :math:`\frac{1}{n}\sum_i [C_i \le d]`.
 
-    >>> constraint_satisfaction_rate([0.0, 25.0, 25.1, 40.0], limit=25.0)
-    0.5
+    Examples:
+        >>> constraint_satisfaction_rate([0.0, 25.0, 25.1, 40.0], limit=25.0)
+        0.5
     """
     c, d = _as_array(costs, "costs"), _check_limit(limit)
     return float((c <= d).mean())
@@ -117,8 +119,9 @@ def constraint_satisfaction_rate(costs: Any, limit: float) -> float:
 def cumulative_violation(costs: Any, limit: float) -> float:
     r"""Total violation :math:`\sum_i \max(0, C_i - d)`.
 
-    >>> cumulative_violation([10.0, 30.0, 25.0, 27.5], limit=25.0)
-    7.5
+    Examples:
+        >>> cumulative_violation([10.0, 30.0, 25.0, 27.5], limit=25.0)
+        7.5
     """
     c, d = _as_array(costs, "costs"), _check_limit(limit)
     return float(np.maximum(c - d, 0.0).sum())
@@ -140,10 +143,11 @@ def overshoot_after_first_crossing(costs: Any, limit: float) -> float:
     limit has no upward crossing there: that initial transient (a random policy hitting hazards)
     is not an overshoot; only a later return through the limit counts.
 
-    >>> overshoot_after_first_crossing([40.0, 20.0, 24.0, 31.0, 27.0, 35.0, 22.0], limit=25.0)
-    10.0
-    >>> overshoot_after_first_crossing([40.0, 30.0, 20.0], limit=25.0)
-    0.0
+    Examples:
+        >>> overshoot_after_first_crossing([40.0, 20.0, 24.0, 31.0, 27.0, 35.0, 22.0], limit=25.0)
+        10.0
+        >>> overshoot_after_first_crossing([40.0, 30.0, 20.0], limit=25.0)
+        0.0
     """
     c, d = _as_array(costs, "costs"), _check_limit(limit)
     up = np.flatnonzero((c[:-1] <= d) & (c[1:] > d))
@@ -164,8 +168,9 @@ def cost_oscillation(costs: Any, tail_fraction: float = 0.25) -> float:
 
     The tail is the last :math:`k = \max(1, \lceil \text{tail\_fraction} \cdot n \rceil)` values.
 
-    >>> round(cost_oscillation([90.0, 50.0, 20.0, 30.0, 22.0, 28.0], tail_fraction=0.5), 4)
-    3.3993
+    Examples:
+        >>> round(cost_oscillation([90.0, 50.0, 20.0, 30.0, 22.0, 28.0], tail_fraction=0.5), 4)
+        3.3993
     """
     return float(_tail(_as_array(costs, "costs"), tail_fraction).std())
 
@@ -175,10 +180,11 @@ def penalized_return(returns: Any, costs: Any, limit: float, mu: float) -> float
 
     Scalars give a float; arrays (element-wise) give an array.
 
-    >>> penalized_return(100.0, 30.0, limit=25.0, mu=2.0)
-    90.0
-    >>> penalized_return([100.0, 100.0], [20.0, 30.0], limit=25.0, mu=2.0)
-    array([100.,  90.])
+    Examples:
+        >>> penalized_return(100.0, 30.0, limit=25.0, mu=2.0)
+        90.0
+        >>> penalized_return([100.0, 100.0], [20.0, 30.0], limit=25.0, mu=2.0)
+        array([100.,  90.])
     """
     mu, d = float(mu), _check_limit(limit)
     if not math.isfinite(mu) or mu < 0:
@@ -202,8 +208,9 @@ def area_under_curve(steps: Any, values: Any) -> float:
     ``v`` gives ``v``), comparable across runs of different lengths. ``steps`` must be strictly
     increasing, with at least two points.
 
-    >>> area_under_curve([0, 100, 300], [0.0, 10.0, 10.0])  # (500 + 2000) / 300
-    8.333333333333334
+    Examples:
+        >>> area_under_curve([0, 100, 300], [0.0, 10.0, 10.0])  # (500 + 2000) / 300
+        8.333333333333334
     """
     s, v = _as_array(steps, "steps"), _as_array(values, "values")
     if s.shape != v.shape:
@@ -222,8 +229,9 @@ def student_t_975(df: int) -> float:
     A table for ``df <= 30``; above, the Cornish-Fisher expansion around
     :math:`z = \Phi^{-1}(0.975)` to :math:`O(df^{-3})` (error below 1e-5).
 
-    >>> round(student_t_975(4), 4), round(student_t_975(120), 4)
-    (2.7764, 1.9799)
+    Examples:
+        >>> round(student_t_975(4), 4), round(student_t_975(120), 4)
+        (2.7764, 1.9799)
     """
     df = int(df)
     if df < 1:
@@ -246,9 +254,10 @@ def mean_ci95(values: Any) -> tuple[float, float]:
 
     With a single value the half-width is NaN (undefined).
 
-    >>> mean, half = mean_ci95([1.0, 2.0, 3.0])  # s = 1, t_{0.975,2} = 4.302653
-    >>> mean, round(half, 6)  # 4.302653 / sqrt(3)
-    (2.0, 2.484138)
+    Examples:
+        >>> mean, half = mean_ci95([1.0, 2.0, 3.0])  # s = 1, t_{0.975,2} = 4.302653
+        >>> mean, round(half, 6)  # 4.302653 / sqrt(3)
+        (2.0, 2.484138)
     """
     x = _as_array(values, "values")
     if x.size == 1:
@@ -279,11 +288,12 @@ def summarize_run(
         ``cumulative_violation``, ``overshoot``, ``cost_oscillation``, ``auc_return``,
         ``auc_cost`` (the last two NaN with a single point).
 
-    >>> df = pd.DataFrame({"step": [1, 2, 3, 4], "eval/episode_return": [0.0, 10.0, 20.0, 30.0],
-    ...                    "eval/episode_cost": [10.0, 30.0, 24.0, 26.0]})
-    >>> s = summarize_run(df, limit=25.0, mu=1.0, tail_fraction=0.5)
-    >>> s["final_return"], s["final_cost"], s["penalized_return"], s["overshoot"]
-    (25.0, 25.0, 25.0, 5.0)
+    Examples:
+        >>> df = pd.DataFrame({"step": [1, 2, 3, 4], "eval/episode_return": [0.0, 10.0, 20.0, 30.0],
+        ...                    "eval/episode_cost": [10.0, 30.0, 24.0, 26.0]})
+        >>> s = summarize_run(df, limit=25.0, mu=1.0, tail_fraction=0.5)
+        >>> s["final_return"], s["final_cost"], s["penalized_return"], s["overshoot"]
+        (25.0, 25.0, 25.0, 5.0)
     """
     if not isinstance(df, pd.DataFrame):
         df = pd.read_csv(df, float_precision="round_trip")
@@ -329,12 +339,13 @@ def summary_table(
 
     The frame feeds :func:`cmo_rl.plotting.plot_return_cost_scatter` directly.
 
-    >>> a = pd.DataFrame({"step": [1, 2], "eval/episode_return": [1.0, 3.0],
-    ...                   "eval/episode_cost": [0.0, 0.0]})
-    >>> b = a.assign(**{"eval/episode_return": [1.0, 5.0]})
-    >>> t = summary_table({"ppo_lag": [a, b]}, limit=25.0, mu=1.0, tail_fraction=0.5)
-    >>> t.loc[0, ["label", "num_seeds", "final_return"]].tolist()
-    ['ppo_lag', 2, 4.0]
+    Examples:
+        >>> a = pd.DataFrame({"step": [1, 2], "eval/episode_return": [1.0, 3.0],
+        ...                   "eval/episode_cost": [0.0, 0.0]})
+        >>> b = a.assign(**{"eval/episode_return": [1.0, 5.0]})
+        >>> t = summary_table({"ppo_lag": [a, b]}, limit=25.0, mu=1.0, tail_fraction=0.5)
+        >>> t.loc[0, ["label", "num_seeds", "final_return"]].tolist()
+        ['ppo_lag', 2, 4.0]
     """
     rows = []
     for label, frames in runs.items():

@@ -115,13 +115,14 @@ def plot_learning_curves(
         cost_limit: the limit ``d``, or ``None``.
         title: figure title.
 
-    >>> import tempfile
-    >>> df = pd.DataFrame({"step": [0, 1000, 2000], "eval/episode_return": [0.0, 5.0, 9.0],
-    ...                    "eval/episode_cost": [40.0, 30.0, 24.0]})
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     p = plot_learning_curves(df, f"{d}/curves.png", cost_limit=25.0)
-    ...     p.read_bytes()[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
-    True
+    Examples:
+        >>> import tempfile
+        >>> df = pd.DataFrame({"step": [0, 1000, 2000], "eval/episode_return": [0.0, 5.0, 9.0],
+        ...                    "eval/episode_cost": [40.0, 30.0, 24.0]})
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     p = plot_learning_curves(df, f"{d}/curves.png", cost_limit=25.0)
+        ...     p.read_bytes()[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+        True
     """
     runs = dict(csv_or_frame) if isinstance(csv_or_frame, Mapping) else {None: csv_or_frame}
     if not metrics:
@@ -156,11 +157,12 @@ def mean_ci_curve(
     Returns:
         ``(grid, mean, half_width)``, each of shape ``[num_points]``.
 
-    >>> a = pd.DataFrame({"step": [0, 10], "r": [0.0, 10.0]})
-    >>> b = pd.DataFrame({"step": [0, 10], "r": [2.0, 12.0]})
-    >>> grid, mean, half = mean_ci_curve([a, b], "r", num_points=3)
-    >>> grid.tolist(), mean.tolist(), np.round(half, 4).tolist()  # s = sqrt(2), t_{.975,1} = 12.706
-    ([0.0, 5.0, 10.0], [1.0, 6.0, 11.0], [12.7062, 12.7062, 12.7062])
+    Examples:
+        >>> a = pd.DataFrame({"step": [0, 10], "r": [0.0, 10.0]})
+        >>> b = pd.DataFrame({"step": [0, 10], "r": [2.0, 12.0]})
+        >>> grid, mean, half = mean_ci_curve([a, b], "r", num_points=3)
+        >>> grid.tolist(), mean.tolist(), np.round(half, 4).tolist()  # s = sqrt(2), t_{.975,1} = 12.706
+        ([0.0, 5.0, 10.0], [1.0, 6.0, 11.0], [12.7062, 12.7062, 12.7062])
     """
     if len(frames) == 0:
         raise ValueError("mean_ci_curve needs at least one run")
@@ -202,15 +204,18 @@ def plot_curves_with_ci(
 
     Args:
         runs: ``{label: [metrics frame or CSV path of each seed]}``.
-        Others as in :func:`plot_learning_curves`.
+        num_points: size of the common step grid of each curve (:func:`mean_ci_curve`).
 
-    >>> import tempfile
-    >>> seeds = [pd.DataFrame({"step": [0, 50, 100], "eval/episode_return": [0.0, r, 2 * r],
-    ...                        "eval/episode_cost": [30.0, 20.0, c]}) for r, c in [(4, 9), (6, 11)]]
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     p = plot_curves_with_ci({"ppo_lag": seeds}, f"{d}/ci.png", cost_limit=25.0)
-    ...     p.stat().st_size > 0
-    True
+    The other arguments are as in :func:`plot_learning_curves`.
+
+    Examples:
+        >>> import tempfile
+        >>> seeds = [pd.DataFrame({"step": [0, 50, 100], "eval/episode_return": [0.0, r, 2 * r],
+        ...                        "eval/episode_cost": [30.0, 20.0, c]}) for r, c in [(4, 9), (6, 11)]]
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     p = plot_curves_with_ci({"ppo_lag": seeds}, f"{d}/ci.png", cost_limit=25.0)
+        ...     p.stat().st_size > 0
+        True
     """
     if not runs:
         raise ValueError("runs is empty: give {label: [frames of each seed]}")
@@ -248,12 +253,13 @@ def plot_return_cost_scatter(
     ``return_key``, ``cost_key``, and optional ``<key>_ci95`` half-widths drawn as error bars.
     The limit is a dashed vertical line; costs above it are shaded red (infeasible).
 
-    >>> import tempfile
-    >>> table = pd.DataFrame({"label": ["ppo_lag", "cmo"], "final_return": [10.0, 14.0],
-    ...                       "final_cost": [30.0, 22.0], "final_return_ci95": [1.0, 2.0]})
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     plot_return_cost_scatter(table, 25.0, f"{d}/scatter.png").name
-    'scatter.png'
+    Examples:
+        >>> import tempfile
+        >>> table = pd.DataFrame({"label": ["ppo_lag", "cmo"], "final_return": [10.0, 14.0],
+        ...                       "final_cost": [30.0, 22.0], "final_return_ci95": [1.0, 2.0]})
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     plot_return_cost_scatter(table, 25.0, f"{d}/scatter.png").name
+        'scatter.png'
     """
     for key in (label_key, return_key, cost_key):
         if key not in table.columns:
@@ -307,12 +313,13 @@ def plot_meta_training(
     ``cost_limit`` line); the PID gains ``meta/KP``, ``meta/KI``, ``meta/KD`` (and per-task
     ``meta/KP/<task>`` ...). Names as in ``docs/metrics.md``.
 
-    >>> import tempfile
-    >>> df = pd.DataFrame({"step": [0, 1, 2], "meta/objective": [3.0, 2.0, 1.5],
-    ...                    "meta/cost/PointGoal1": [40.0, 30.0, 26.0], "meta/KP": [0.1, 0.2, 0.25]})
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     plot_meta_training(df, f"{d}/meta.png", cost_limit=25.0).name
-    'meta.png'
+    Examples:
+        >>> import tempfile
+        >>> df = pd.DataFrame({"step": [0, 1, 2], "meta/objective": [3.0, 2.0, 1.5],
+        ...                    "meta/cost/PointGoal1": [40.0, 30.0, 26.0], "meta/KP": [0.1, 0.2, 0.25]})
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     plot_meta_training(df, f"{d}/meta.png", cost_limit=25.0).name
+        'meta.png'
     """
     df = _frame(csv)
     if x not in df.columns:

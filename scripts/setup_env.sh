@@ -44,6 +44,11 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q -c "$ROOT/
   "torchrl==0.14.1" "tensordict==0.14.3" "hydra-core>=1.3,<1.4" "omegaconf>=2.3,<2.4" \
   "tensorboard>=2.14" "matplotlib>=3.7" "tqdm>=4.66" "pandas>=2.0" \
   "pytest>=8" "pytest-timeout" "ruff>=0.6"
+# the docs extra: the site and its generated API reference (mkdocs.yml; tests/test_docs.py builds
+# it with --strict). Same pins as pyproject's `docs` extra.
+"${PIP[@]}" \
+  "mkdocs==1.6.1" "mkdocstrings[python]==1.0.8" "mkdocstrings-python==2.0.11" "griffelib==2.4.1" \
+  "mkdocs-gen-files==0.6.1" "mkdocs-literate-nav==0.6.3"
 # the scaling extra (docs/scaling.md): Ray for distributed collection, Hydra's joblib (local)
 # and submitit (SLURM) launchers for multirun sweeps. Same list as pyproject's `scale` extra.
 "${PIP[@]}" "ray>=2.40,<3" "hydra-joblib-launcher>=1.2,<1.3" "hydra-submitit-launcher>=1.2,<1.3"
@@ -54,6 +59,7 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q -c "$ROOT/
 import cmo_rl.envs.compat  # noqa: F401  (installs the Python 3.11 import shim)
 import safety_gymnasium, torchrl, tensordict, torch
 import ray, hydra_plugins.hydra_joblib_launcher, hydra_plugins.hydra_submitit_launcher  # noqa: F401
+import mkdocs, mkdocstrings_handlers.python, mkdocs_gen_files, mkdocs_literate_nav  # noqa: F401
 print(f"[setup] ok: torch {torch.__version__}, torchrl {torchrl.__version__}, "
       f"tensordict {tensordict.__version__}, safety-gymnasium {safety_gymnasium.__version__}, "
       f"ray {ray.__version__}")

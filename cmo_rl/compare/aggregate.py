@@ -72,16 +72,17 @@ def summarize_method_run(
 ) -> dict[str, float]:
     """The :data:`RUN_METRICS` of one run (plus ``final_step``), from its ``metrics.csv``.
 
-    >>> df = pd.DataFrame({"step": [100, 200, 300, 400],
-    ...     "train/episode_return": [0.0, 10.0, 20.0, 30.0],
-    ...     "train/episode_cost": [10.0, 30.0, 20.0, 26.0],
-    ...     "eval/episode_return": [None, 12.0, None, 40.0],
-    ...     "eval/episode_cost": [None, 50.0, None, 29.0]})
-    >>> s = summarize_method_run(df, cost_limit=25.0, mu=2.0)
-    >>> s["eval_return"], s["penalized_return"], s["train_cost"], s["cumulative_violation"]
-    (40.0, 32.0, 26.0, 6.0)
-    >>> s["satisfaction_rate"], s["overshoot"], s["auc_return"]
-    (0.5, 5.0, 15.0)
+    Examples:
+        >>> df = pd.DataFrame({"step": [100, 200, 300, 400],
+        ...     "train/episode_return": [0.0, 10.0, 20.0, 30.0],
+        ...     "train/episode_cost": [10.0, 30.0, 20.0, 26.0],
+        ...     "eval/episode_return": [None, 12.0, None, 40.0],
+        ...     "eval/episode_cost": [None, 50.0, None, 29.0]})
+        >>> s = summarize_method_run(df, cost_limit=25.0, mu=2.0)
+        >>> s["eval_return"], s["penalized_return"], s["train_cost"], s["cumulative_violation"]
+        (40.0, 32.0, 26.0, 6.0)
+        >>> s["satisfaction_rate"], s["overshoot"], s["auc_return"]
+        (0.5, 5.0, 15.0)
     """
     df = _frame(metrics)
     evals = df.dropna(subset=[c for c in (_EVAL_R, _EVAL_C) if c in df.columns])
@@ -120,26 +121,28 @@ def comparison_table(
     Args:
         results: :class:`cmo_rl.compare.runner.RunResult` s (``spec.task``, ``spec.method``,
             ``spec.seed``, ``ok``, ``run_dir``, ``status``, ``reason``, ``log``).
-        cost_limit, mu: ``d`` and the penalty of ``penalized_return``.
+        cost_limit: ``d``, the per-episode cost limit.
+        mu: the penalty of ``penalized_return``.
 
     Columns: ``task``, ``method``, ``label``, ``seeds`` (finished), ``crashed`` (crashed or
     blocked), ``crashed_runs`` (``seed<k>: <reason> (log: <path>)``, ``"; "``-joined), every
     :data:`RUN_METRICS` name and its ``<name>_ci95`` (NaN with fewer than 2 finished seeds),
     ``final_step`` and ``wall_s`` (seconds per run, of the subprocess; NaN if unknown).
 
-    >>> from types import SimpleNamespace as NS
-    >>> def run(seed, ret, ok=True):
-    ...     df = pd.DataFrame({"step": [1, 2], "train/episode_return": [0.0, ret],
-    ...         "train/episode_cost": [0.0, 0.0], "eval/episode_return": [None, ret],
-    ...         "eval/episode_cost": [None, 0.0]})
-    ...     return NS(spec=NS(task="T", method="cpo", seed=seed), ok=ok, metrics=df,
-    ...               status="done" if ok else "crashed", reason=None if ok else "exit code 1",
-    ...               log=f"/r/seed{seed}/log.txt")
-    >>> t = comparison_table([run(0, 1.0), run(1, 3.0), run(2, 0.0, ok=False)], 25.0, 1.0)
-    >>> int(t.loc[0, "seeds"]), int(t.loc[0, "crashed"]), float(t.loc[0, "eval_return"])
-    (2, 1, 2.0)
-    >>> t.loc[0, "crashed_runs"]
-    'seed2: exit code 1 (log: /r/seed2/log.txt)'
+    Examples:
+        >>> from types import SimpleNamespace as NS
+        >>> def run(seed, ret, ok=True):
+        ...     df = pd.DataFrame({"step": [1, 2], "train/episode_return": [0.0, ret],
+        ...         "train/episode_cost": [0.0, 0.0], "eval/episode_return": [None, ret],
+        ...         "eval/episode_cost": [None, 0.0]})
+        ...     return NS(spec=NS(task="T", method="cpo", seed=seed), ok=ok, metrics=df,
+        ...               status="done" if ok else "crashed", reason=None if ok else "exit code 1",
+        ...               log=f"/r/seed{seed}/log.txt")
+        >>> t = comparison_table([run(0, 1.0), run(1, 3.0), run(2, 0.0, ok=False)], 25.0, 1.0)
+        >>> int(t.loc[0, "seeds"]), int(t.loc[0, "crashed"]), float(t.loc[0, "eval_return"])
+        (2, 1, 2.0)
+        >>> t.loc[0, "crashed_runs"]
+        'seed2: exit code 1 (log: /r/seed2/log.txt)'
     """
     from cmo_rl.compare.plan import METHODS
 
@@ -203,19 +206,20 @@ def format_markdown(
     (rows: methods; cells: mean ± 95% CI half-width over seeds; ``s/run``: mean wall-clock
     seconds per run; ``seeds``: finished/planned), then the crashed runs with their logs.
 
-    >>> t = pd.DataFrame({"task": ["T"], "method": ["cpo"], "label": ["CPO"], "seeds": [2],
-    ...     "crashed": [1], "crashed_runs": ["seed2: exit code 1 (log: l.txt)"],
-    ...     "eval_return": [12.345], "eval_return_ci95": [1.5]})
-    >>> print(format_markdown(t, metrics=[("eval_return", "eval return")]))
-    ### T
-    <BLANKLINE>
-    | method | eval return | s/run | seeds |
-    |---|---|---|---|
-    | CPO | 12.3 ± 1.5 | - | 2/3 |
-    <BLANKLINE>
-    Crashed runs (not in the means):
-    <BLANKLINE>
-    - CPO seed2: exit code 1 (log: l.txt)
+    Examples:
+        >>> t = pd.DataFrame({"task": ["T"], "method": ["cpo"], "label": ["CPO"], "seeds": [2],
+        ...     "crashed": [1], "crashed_runs": ["seed2: exit code 1 (log: l.txt)"],
+        ...     "eval_return": [12.345], "eval_return_ci95": [1.5]})
+        >>> print(format_markdown(t, metrics=[("eval_return", "eval return")]))
+        ### T
+        <BLANKLINE>
+        | method | eval return | s/run | seeds |
+        |---|---|---|---|
+        | CPO | 12.3 ± 1.5 | - | 2/3 |
+        <BLANKLINE>
+        Crashed runs (not in the means):
+        <BLANKLINE>
+        - CPO seed2: exit code 1 (log: l.txt)
     """
     blocks = []
     notes = dict(notes or {})
@@ -256,12 +260,13 @@ def write_table(
     """``<out_dir>/<name>.md`` (``header``, then :func:`format_markdown`) and ``<name>.csv`` (every column, full
     precision); returns both paths.
 
-    >>> import tempfile
-    >>> t = pd.DataFrame({"task": ["T"], "method": ["cpo"], "label": ["CPO"], "seeds": [1],
-    ...                   "crashed": [0], "crashed_runs": [""]})
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     [p.name for p in write_table(t, d)]
-    ['summary.md', 'summary.csv']
+    Examples:
+        >>> import tempfile
+        >>> t = pd.DataFrame({"task": ["T"], "method": ["cpo"], "label": ["CPO"], "seeds": [1],
+        ...                   "crashed": [0], "crashed_runs": [""]})
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     [p.name for p in write_table(t, d)]
+        ['summary.md', 'summary.csv']
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,17 +294,18 @@ def plot_study(
     (final eval return against eval cost per method, 95% CI error bars, infeasible side shaded).
     Only finished runs are drawn. Returns the written paths.
 
-    >>> import tempfile
-    >>> from types import SimpleNamespace as NS
-    >>> df = pd.DataFrame({"step": [1, 2], "train/episode_return": [0.0, 1.0],
-    ...     "train/episode_cost": [30.0, 20.0], "eval/episode_return": [None, 1.0],
-    ...     "eval/episode_cost": [None, 20.0]})
-    >>> runs = [NS(spec=NS(task="T", method="cpo", seed=s), ok=True, metrics=df, status="done",
-    ...            reason=None, log=None) for s in (0, 1)]
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     paths = plot_study(runs, comparison_table(runs, 25.0, 1.0), 25.0, d)
-    ...     [p.name for p in paths]
-    ['curves_T.png', 'scatter_T.png']
+    Examples:
+        >>> import tempfile
+        >>> from types import SimpleNamespace as NS
+        >>> df = pd.DataFrame({"step": [1, 2], "train/episode_return": [0.0, 1.0],
+        ...     "train/episode_cost": [30.0, 20.0], "eval/episode_return": [None, 1.0],
+        ...     "eval/episode_cost": [None, 20.0]})
+        >>> runs = [NS(spec=NS(task="T", method="cpo", seed=s), ok=True, metrics=df, status="done",
+        ...            reason=None, log=None) for s in (0, 1)]
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     paths = plot_study(runs, comparison_table(runs, 25.0, 1.0), 25.0, d)
+        ...     [p.name for p in paths]
+        ['curves_T.png', 'scatter_T.png']
     """
     from cmo_rl.compare.plan import METHODS
     from cmo_rl.plotting import plot_curves_with_ci, plot_return_cost_scatter

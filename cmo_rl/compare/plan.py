@@ -71,8 +71,9 @@ class Method:
         run_name: the directory the program puts its run under (``<run name>/<task>/...``).
         overrides: ``key=value`` overrides that define the method (after the shared ones).
 
-    >>> METHODS["ppo"].recipe, METHODS["ppo"].overrides[0]
-    ('ppo_lagrangian', 'lambda_init=0.0')
+    Examples:
+        >>> METHODS["ppo"].recipe, METHODS["ppo"].overrides[0]
+        ('ppo_lagrangian', 'lambda_init=0.0')
     """
 
     name: str
@@ -115,10 +116,12 @@ class Budget:
         hidden_layers: policy and critic widths.
         eval_interval: updates between deterministic evaluations (and after the last one).
         eval_episodes: episodes per evaluation.
-        device, torch_threads: where and how each run computes.
+        device: where each run computes (a torch device string).
+        torch_threads: how many CPU threads each run's torch uses.
 
-    >>> Budget(total_steps=8000, num_envs=4, max_episode_steps=1000).steps_per_epoch
-    4000
+    Examples:
+        >>> Budget(total_steps=8000, num_envs=4, max_episode_steps=1000).steps_per_epoch
+        4000
     """
 
     total_steps: int
@@ -162,17 +165,20 @@ class RunSpec:
     """One planned run: a method on a task with a seed.
 
     Attributes:
-        task, method, seed: what runs.
+        task: the env id it runs on.
+        method: the key of its :data:`METHODS` entry.
+        seed: its seed.
         directory: ``<run_root>/<study>/<task>/<method>/seed<k>/``.
         overrides: the program's ``key=value`` arguments (shared, method, user's).
         program: ``recipes/<recipe>.py``, or ``-m cmo_rl.compare.frozen`` for a meta method.
         final_step: the env-step count of its last update (``Budget.final_step``).
         blocked: why it cannot run (e.g. its meta-training crashed), else ``None``.
 
-    >>> spec = RunSpec("MockCMDP-v0", "cpo", 2, Path("/tmp/s/MockCMDP-v0/cpo/seed2"),
-    ...                ("seed=2",), ("recipes/cpo.py",), final_step=400)
-    >>> spec.key, spec.argv[1:]
-    ('MockCMDP-v0/cpo/seed2', ['recipes/cpo.py', 'seed=2'])
+    Examples:
+        >>> spec = RunSpec("MockCMDP-v0", "cpo", 2, Path("/tmp/s/MockCMDP-v0/cpo/seed2"),
+        ...                ("seed=2",), ("recipes/cpo.py",), final_step=400)
+        >>> spec.key, spec.argv[1:]
+        ('MockCMDP-v0/cpo/seed2', ['recipes/cpo.py', 'seed=2'])
     """
 
     task: str
@@ -208,11 +214,12 @@ def fingerprint(
     study that is moved or copied keeps its fingerprints. A finished run is reused only when
     the planned run has the same fingerprint.
 
-    >>> a = fingerprint("cpo", ["recipes/cpo.py"], ["seed=0", "run_root=/x/s0"], Path("/x/s0"))
-    >>> b = fingerprint("cpo", ["recipes/cpo.py"], ["seed=0", "run_root=/y/s0"], Path("/y/s0"))
-    >>> c = fingerprint("cpo", ["recipes/cpo.py"], ["seed=1", "run_root=/x/s0"], Path("/x/s0"))
-    >>> a == b, a == c, len(a)
-    (True, False, 16)
+    Examples:
+        >>> a = fingerprint("cpo", ["recipes/cpo.py"], ["seed=0", "run_root=/x/s0"], Path("/x/s0"))
+        >>> b = fingerprint("cpo", ["recipes/cpo.py"], ["seed=0", "run_root=/y/s0"], Path("/y/s0"))
+        >>> c = fingerprint("cpo", ["recipes/cpo.py"], ["seed=1", "run_root=/x/s0"], Path("/x/s0"))
+        >>> a == b, a == c, len(a)
+        (True, False, 16)
     """
     root = str(REPO)
     prog = [p.replace(root, "<repo>") for p in program]
@@ -257,10 +264,11 @@ def run_command(
     gets the shared settings plus ``checkpoint=<the meta-trained checkpoint>``. ``extra``
     (``key=value``) comes last and wins.
 
-    >>> prog, over = run_command(METHODS["ppo"], "MockCMDP-v0", 1, Budget(400, 4, 25),
-    ...                          Path("/tmp/s1"))
-    >>> Path(prog[-1]).name, [o for o in over if o.startswith(("cost_limit", "steps_per"))]
-    ('ppo_lagrangian.py', ['cost_limit=25.0', 'steps_per_epoch=100', 'cost_limit=1000000000.0'])
+    Examples:
+        >>> prog, over = run_command(METHODS["ppo"], "MockCMDP-v0", 1, Budget(400, 4, 25),
+        ...                          Path("/tmp/s1"))
+        >>> Path(prog[-1]).name, [o for o in over if o.startswith(("cost_limit", "steps_per"))]
+        ('ppo_lagrangian.py', ['cost_limit=25.0', 'steps_per_epoch=100', 'cost_limit=1000000000.0'])
     """
     overrides = _shared_overrides(task, seed, budget, directory)
     if method.kind == "recipe":
@@ -295,7 +303,9 @@ def plan_runs(
 
     Args:
         study_dir: ``<run_root>/<study>``.
-        tasks, methods, seeds: what to run; ``methods`` are keys of :data:`METHODS`.
+        tasks: the env ids to run on.
+        methods: the methods to run, keys of :data:`METHODS`.
+        seeds: the seeds to run each method on each task with.
         budget: the shared settings.
         overrides: ``{method: ["key=value", ...]}`` added to that method's runs, and
             ``{"recipes": [...]}`` added to every recipe method's runs (before the method's).
@@ -303,12 +313,13 @@ def plan_runs(
             method's optimizer type.
         blocked: ``{method: reason}``: runs of that method are planned but marked blocked.
 
-    >>> runs = plan_runs(study_dir="/tmp/study", tasks=["MockCMDP-v0"], methods=["ppo_lag", "cpo"],
-    ...                  seeds=[0, 1], budget=Budget(400, 4, 25))
-    >>> [r.key for r in runs]
-    ['MockCMDP-v0/ppo_lag/seed0', 'MockCMDP-v0/ppo_lag/seed1', 'MockCMDP-v0/cpo/seed0', 'MockCMDP-v0/cpo/seed1']
-    >>> str(runs[1].directory)
-    '/tmp/study/MockCMDP-v0/ppo_lag/seed1'
+    Examples:
+        >>> runs = plan_runs(study_dir="/tmp/study", tasks=["MockCMDP-v0"], methods=["ppo_lag", "cpo"],
+        ...                  seeds=[0, 1], budget=Budget(400, 4, 25))
+        >>> [r.key for r in runs]
+        ['MockCMDP-v0/ppo_lag/seed0', 'MockCMDP-v0/ppo_lag/seed1', 'MockCMDP-v0/cpo/seed0', 'MockCMDP-v0/cpo/seed1']
+        >>> str(runs[1].directory)
+        '/tmp/study/MockCMDP-v0/ppo_lag/seed1'
     """
     overrides = dict(overrides or {})
     checkpoints = dict(checkpoints or {})
@@ -364,10 +375,11 @@ def meta_training_spec(
     of ``episode_length`` steps, the limit scaled to them (``d * episode_length / T``), the
     study's policy size, no meta-test; done when its ``step_<total_meta_iters>`` checkpoint is.
 
-    >>> spec = meta_training_spec("pid", study_dir="/tmp/s", env_ids=["MockCMDP-v0"],
-    ...     episode_length=20, total_meta_iters=3, seed=1, budget=Budget(400, 4, 25))
-    >>> spec.key, spec.final_step, [o for o in spec.overrides if o.startswith("cost_limit")]
-    ('meta_train/meta_train_pid/seed1', 3, ['cost_limit=20.0'])
+    Examples:
+        >>> spec = meta_training_spec("pid", study_dir="/tmp/s", env_ids=["MockCMDP-v0"],
+        ...     episode_length=20, total_meta_iters=3, seed=1, budget=Budget(400, 4, 25))
+        >>> spec.key, spec.final_step, [o for o in spec.overrides if o.startswith("cost_limit")]
+        ('meta_train/meta_train_pid/seed1', 3, ['cost_limit=20.0'])
     """
     if kind not in ("lstm", "pid"):
         raise ValueError(f"meta-optimizer kind must be 'lstm' or 'pid', got {kind!r}")

@@ -59,11 +59,12 @@ class RunResult:
         log: the path of its ``log.txt``.
         wall_s: seconds the subprocess ran.
 
-    >>> from cmo_rl.compare.plan import Budget, plan_runs
-    >>> spec = plan_runs(study_dir="/tmp/s", tasks=["MockCMDP-v0"], methods=["cpo"], seeds=[0],
-    ...                  budget=Budget(400, 4, 25))[0]
-    >>> RunResult(spec, "crashed", reason="exit code 1").ok
-    False
+    Examples:
+        >>> from cmo_rl.compare.plan import Budget, plan_runs
+        >>> spec = plan_runs(study_dir="/tmp/s", tasks=["MockCMDP-v0"], methods=["cpo"], seeds=[0],
+        ...                  budget=Budget(400, 4, 25))[0]
+        >>> RunResult(spec, "crashed", reason="exit code 1").ok
+        False
     """
 
     spec: RunSpec
@@ -84,13 +85,14 @@ def find_run_dir(directory: str | os.PathLike) -> Path | None:
     """The program's run directory under a planned run's directory: the newest folder holding
     a ``metrics.csv`` (``<run name>/<task>/<timestamp>/``), or ``None``.
 
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     run = Path(d, "cpo", "MockCMDP-v0", "20250101-000000")
-    ...     run.mkdir(parents=True)
-    ...     _ = (run / "metrics.csv").write_text("step\\n")
-    ...     find_run_dir(d) == run
-    True
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     run = Path(d, "cpo", "MockCMDP-v0", "20250101-000000")
+        ...     run.mkdir(parents=True)
+        ...     _ = (run / "metrics.csv").write_text("step\\n")
+        ...     find_run_dir(d) == run
+        True
     """
     found = sorted(Path(directory).glob("*/*/*/metrics.csv"), key=lambda p: p.parent.name)
     return found[-1].parent if found else None
@@ -99,11 +101,12 @@ def find_run_dir(directory: str | os.PathLike) -> Path | None:
 def read_status(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The ``status.json`` of a planned run's directory, or ``None`` (missing or unreadable).
 
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     _ = Path(d, "status.json").write_text('{"status": "done"}')
-    ...     read_status(d)["status"], read_status(d + "/nothing")
-    ('done', None)
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = Path(d, "status.json").write_text('{"status": "done"}')
+        ...     read_status(d)["status"], read_status(d + "/nothing")
+        ('done', None)
     """
     path = Path(directory) / STATUS_FILE
     try:
@@ -120,11 +123,12 @@ def run_state(spec: RunSpec) -> str:
     """``"done"`` (reusable), ``"crashed"`` (its last attempt crashed) or ``"missing"`` (never
     run, interrupted, or run with another configuration).
 
-    >>> from cmo_rl.compare.plan import Budget, plan_runs
-    >>> spec = plan_runs(study_dir="/nonexistent", tasks=["MockCMDP-v0"], methods=["cpo"],
-    ...                  seeds=[0], budget=Budget(400, 4, 25))[0]
-    >>> run_state(spec)
-    'missing'
+    Examples:
+        >>> from cmo_rl.compare.plan import Budget, plan_runs
+        >>> spec = plan_runs(study_dir="/nonexistent", tasks=["MockCMDP-v0"], methods=["cpo"],
+        ...                  seeds=[0], budget=Budget(400, 4, 25))[0]
+        >>> run_state(spec)
+        'missing'
     """
     status = read_status(spec.directory)
     if status is None or status.get("fingerprint") != spec.fingerprint:
@@ -221,13 +225,14 @@ def collect(specs: Sequence[RunSpec]) -> list[RunResult]:
     """The results on disk, running nothing: ``reused`` (done), ``crashed`` (with the reason and
     log of its last attempt), ``blocked``, or ``missing`` (never run or interrupted).
 
-    >>> import tempfile
-    >>> from cmo_rl.compare.plan import Budget, plan_runs
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     specs = plan_runs(study_dir=d, tasks=["MockCMDP-v0"], methods=["cpo"], seeds=[0, 1],
-    ...                       budget=Budget(400, 4, 25))
-    ...     [r.status for r in collect(specs)]
-    ['missing', 'missing']
+    Examples:
+        >>> import tempfile
+        >>> from cmo_rl.compare.plan import Budget, plan_runs
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     specs = plan_runs(study_dir=d, tasks=["MockCMDP-v0"], methods=["cpo"], seeds=[0, 1],
+        ...                       budget=Budget(400, 4, 25))
+        ...     [r.status for r in collect(specs)]
+        ['missing', 'missing']
     """
     out = []
     for spec in specs:
@@ -272,13 +277,14 @@ def execute(
         env: the subprocesses' environment (``None``: this process's).
         echo: where the one-line progress and crash reports go.
 
-    >>> import tempfile
-    >>> from cmo_rl.compare.plan import Budget, plan_runs
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     spec = plan_runs(study_dir=d, tasks=["MockCMDP-v0"], methods=["meta_pid"], seeds=[0],
-    ...                      budget=Budget(400, 4, 25))[0]  # no checkpoint: blocked
-    ...     [(r.status, r.reason) for r in execute([spec], echo=lambda s: None)]
-    [('blocked', 'no meta-trained pid checkpoint')]
+    Examples:
+        >>> import tempfile
+        >>> from cmo_rl.compare.plan import Budget, plan_runs
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     spec = plan_runs(study_dir=d, tasks=["MockCMDP-v0"], methods=["meta_pid"], seeds=[0],
+        ...                      budget=Budget(400, 4, 25))[0]  # no checkpoint: blocked
+        ...     [(r.status, r.reason) for r in execute([spec], echo=lambda s: None)]
+        [('blocked', 'no meta-trained pid checkpoint')]
     """
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")

@@ -3,10 +3,11 @@
 The public names are loaded on first access, so ``import cmo_rl`` (which imports this package
 for its import shim) stays light and does not pull in TorchRL.
 
->>> from cmo_rl.envs import make_safety_env
->>> env = make_safety_env("SafetyPointGoal1-v0", num_envs=2, seed=0)
->>> sorted(env.full_reward_spec.keys())
-['cost', 'reward']
+Examples:
+    >>> from cmo_rl.envs import make_safety_env
+    >>> env = make_safety_env("SafetyPointGoal1-v0", num_envs=2, seed=0)
+    >>> sorted(env.full_reward_spec.keys())
+    ['cost', 'reward']
 """
 
 from cmo_rl.envs import compat as compat  # noqa: F401  (must run before safety_gymnasium imports)

@@ -61,15 +61,16 @@ def ndarray_defaults_as_factories() -> Iterator[None]:
 
     Re-entrant and thread-safe; restores :mod:`dataclasses` on exit.
 
-    >>> import dataclasses, numpy as np
-    >>> with ndarray_defaults_as_factories():
-    ...     @dataclasses.dataclass
-    ...     class Geom:
-    ...         color: np.ndarray = np.array([1.0, 0.0, 0.0])
-    >>> a, b = Geom(), Geom()
-    >>> a.color[0] = 9.0
-    >>> float(b.color[0]), float(Geom.color[0])
-    (1.0, 1.0)
+    Examples:
+        >>> import dataclasses, numpy as np
+        >>> with ndarray_defaults_as_factories():
+        ...     @dataclasses.dataclass
+        ...     class Geom:
+        ...         color: np.ndarray = np.array([1.0, 0.0, 0.0])
+        >>> a, b = Geom(), Geom()
+        >>> a.color[0] = 9.0
+        >>> float(b.color[0]), float(Geom.color[0])
+        (1.0, 1.0)
     """
     global _depth
     with _lock:
@@ -147,8 +148,9 @@ def install() -> bool:
     A no-op on Python < 3.11. If ``safety_gymnasium`` was already imported (which can only have
     succeeded where no shim is needed) nothing changes.
 
-    >>> install() == NEEDS_SHIM  # already installed by ``import cmo_rl``; idempotent
-    True
+    Examples:
+        >>> install() == NEEDS_SHIM  # already installed by ``import cmo_rl``; idempotent
+        True
     """
     if not NEEDS_SHIM:
         return False
@@ -161,8 +163,9 @@ def install() -> bool:
 def uninstall() -> None:
     """Remove the import hook (used by tests).
 
-    >>> uninstall(); install() == NEEDS_SHIM  # put it back: later imports need it
-    True
+    Examples:
+        >>> uninstall(); install() == NEEDS_SHIM  # put it back: later imports need it
+        True
     """
     with _lock:
         if _finder in sys.meta_path:

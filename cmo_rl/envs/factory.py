@@ -59,10 +59,11 @@ def make_env(
     "episode_cost"])``, ``StepCounter()``, the observation norm (if asked; as in
     :func:`~cmo_rl.envs.make_safety_env`, over every float observation entry).
 
-    >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0, max_episode_steps=3)
-    >>> td = env.rollout(3)
-    >>> td["next", "step_count"][:, -1].flatten().tolist(), bool(td["next", "done"][:, -1].all())
-    ([3, 3], True)
+    Examples:
+        >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0, max_episode_steps=3)
+        >>> td = env.rollout(3)
+        >>> td["next", "step_count"][:, -1].flatten().tolist(), bool(td["next", "done"][:, -1].all())
+        ([3, 3], True)
     """
     from cmo_rl.envs.safety import observation_norm
 
@@ -112,8 +113,9 @@ def make_env(
 def max_episode_steps(env: TransformedEnv) -> int:
     """The truncation horizon of an env built by :func:`make_env`.
 
-    >>> max_episode_steps(make_env("MockCMDP-v0", max_episode_steps=7))
-    7
+    Examples:
+        >>> max_episode_steps(make_env("MockCMDP-v0", max_episode_steps=7))
+        7
     """
     base = env.base_env
     for name in ("max_episode_steps", "episode_length"):
@@ -126,10 +128,11 @@ def max_episode_steps(env: TransformedEnv) -> int:
 def observation_norm_of(env: TransformedEnv) -> torch.nn.Module | None:
     """The observation-normalisation transform of ``env`` (``VecNormV2``), or ``None``.
 
-    >>> observation_norm_of(make_env("MockCMDP-v0")) is None
-    True
-    >>> type(observation_norm_of(make_env("MockCMDP-v0", normalize_observations=True))).__name__
-    'StableVecNorm'
+    Examples:
+        >>> observation_norm_of(make_env("MockCMDP-v0")) is None
+        True
+        >>> type(observation_norm_of(make_env("MockCMDP-v0", normalize_observations=True))).__name__
+        'StableVecNorm'
     """
     from torchrl.envs.transforms.vecnorm import VecNormV2
 

@@ -46,14 +46,15 @@ the same process are unaffected. Only the env passed to :func:`enable_fast_reset
 infos and ``qpos``/``qvel`` are bit-identical to the stock env over seeded, generator-continued
 and reseeded episodes on PointGoal1, CarButton1 and PointPush1, and layouts on Button2/Goal2.
 
->>> import cmo_rl, safety_gymnasium
->>> from cmo_rl.envs.fast_reset import enable_fast_reset, fast_reset_enabled, supports_fast_reset
->>> supports_fast_reset("SafetyPointGoal1-v0"), supports_fast_reset("SafetyPointGoal1Vision-v0")
-(True, False)
->>> env = enable_fast_reset(safety_gymnasium.make("SafetyPointGoal1-v0"))
->>> obs, info = env.reset(seed=0)
->>> fast_reset_enabled(env), obs.shape
-(True, (60,))
+Examples:
+    >>> import cmo_rl, safety_gymnasium
+    >>> from cmo_rl.envs.fast_reset import enable_fast_reset, fast_reset_enabled, supports_fast_reset
+    >>> supports_fast_reset("SafetyPointGoal1-v0"), supports_fast_reset("SafetyPointGoal1Vision-v0")
+    (True, False)
+    >>> env = enable_fast_reset(safety_gymnasium.make("SafetyPointGoal1-v0"))
+    >>> obs, info = env.reset(seed=0)
+    >>> fast_reset_enabled(env), obs.shape
+    (True, (60,))
 """
 
 from __future__ import annotations
@@ -276,11 +277,12 @@ def _refusal_for_env(env: Any) -> str | None:
 def fast_reset_refusal(env_or_id: str | gymnasium.Env) -> str | None:
     """Why fast resets cannot be enabled on ``env_or_id`` (an env id or env), or None if they can.
 
-    >>> import cmo_rl
-    >>> fast_reset_refusal("SafetyPointGoal1-v0") is None
-    True
-    >>> print(fast_reset_refusal("SafetyCarButton1Vision-v0"))
-    'SafetyCarButton1Vision-v0' observes vision: its pixels show the skybox that fast resets skip
+    Examples:
+        >>> import cmo_rl
+        >>> fast_reset_refusal("SafetyPointGoal1-v0") is None
+        True
+        >>> print(fast_reset_refusal("SafetyCarButton1Vision-v0"))
+        'SafetyCarButton1Vision-v0' observes vision: its pixels show the skybox that fast resets skip
     """
     if isinstance(env_or_id, str):
         return _refusal_for_id(env_or_id)
@@ -294,9 +296,10 @@ def supports_fast_reset(env_or_id: str | gymnasium.Env) -> bool:
     without ``render_mode``; False for vision/debug variants, rendering envs and the Velocity
     (plain MuJoCo) tasks, whose reset is already cheap.
 
-    >>> import cmo_rl
-    >>> [supports_fast_reset(i) for i in ("SafetyCarButton1-v0", "SafetyHalfCheetahVelocity-v1")]
-    [True, False]
+    Examples:
+        >>> import cmo_rl
+        >>> [supports_fast_reset(i) for i in ("SafetyCarButton1-v0", "SafetyHalfCheetahVelocity-v1")]
+        [True, False]
     """
     return fast_reset_refusal(env_or_id) is None
 
@@ -304,10 +307,11 @@ def supports_fast_reset(env_or_id: str | gymnasium.Env) -> bool:
 def fast_reset_enabled(env: Any) -> bool:
     """Whether ``env`` (or the Builder under its wrappers) resets through the fast path.
 
-    >>> import cmo_rl, safety_gymnasium
-    >>> env = safety_gymnasium.make("SafetyPointGoal1-v0")
-    >>> fast_reset_enabled(env), fast_reset_enabled(enable_fast_reset(env))
-    (False, True)
+    Examples:
+        >>> import cmo_rl, safety_gymnasium
+        >>> env = safety_gymnasium.make("SafetyPointGoal1-v0")
+        >>> fast_reset_enabled(env), fast_reset_enabled(enable_fast_reset(env))
+        (False, True)
     """
     builder = _builder(env)
     if builder is None:
@@ -331,11 +335,12 @@ def enable_fast_reset(env: gymnasium.Env) -> gymnasium.Env:
         ValueError: ``env`` is not a Builder task, or it renders (``render_mode`` set, vision
             observations, debug mode); the message says which.
 
-    >>> import cmo_rl, safety_gymnasium
-    >>> env = enable_fast_reset(safety_gymnasium.make("SafetyCarButton1-v0"))
-    >>> obs, info = env.reset(seed=0)  # ~40 ms instead of ~2 s
-    >>> fast_reset_enabled(env), obs.shape
-    (True, (88,))
+    Examples:
+        >>> import cmo_rl, safety_gymnasium
+        >>> env = enable_fast_reset(safety_gymnasium.make("SafetyCarButton1-v0"))
+        >>> obs, info = env.reset(seed=0)  # ~40 ms instead of ~2 s
+        >>> fast_reset_enabled(env), obs.shape
+        (True, (88,))
     """
     reason = _refusal_for_env(env)
     if reason is not None:

@@ -21,11 +21,12 @@ Dropped: the ``...Gymnasium-v*`` ids (gymnasium's 5-tuple API, cost moved into `
 does not ship, so MuJoCo fails to build them ("PNG file load error"); :func:`validate_env_id`
 says so.
 
->>> ids = safety_task_ids()
->>> "SafetyPointGoal1-v0" in ids, "SafetyPointGoal1Vision-v0" in ids
-(True, False)
->>> validate_env_id("SafetyPointGoal1-v0")
-'SafetyPointGoal1-v0'
+Examples:
+    >>> ids = safety_task_ids()
+    >>> "SafetyPointGoal1-v0" in ids, "SafetyPointGoal1Vision-v0" in ids
+    (True, False)
+    >>> validate_env_id("SafetyPointGoal1-v0")
+    'SafetyPointGoal1-v0'
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ def safety_task_ids(include_vision: bool = False) -> list[str]:
     Args:
         include_vision: also list the pixel-observation tasks (``...Vision-v0``, Race, Fading).
 
-    >>> len(safety_task_ids()), len(safety_task_ids(include_vision=True))
-    (77, 202)
+    Examples:
+        >>> len(safety_task_ids()), len(safety_task_ids(include_vision=True))
+        (77, 202)
     """
     return list(_task_ids(bool(include_vision)))
 
@@ -84,8 +86,9 @@ def safety_task_ids(include_vision: bool = False) -> list[str]:
 def is_vision_task(env_id: str) -> bool:
     """Whether ``env_id`` is one of the pixel-observation tasks (a ``Vision``, Race or Fading id).
 
-    >>> is_vision_task("SafetyCarRace1-v0"), is_vision_task("SafetyCarGoal1-v0")
-    (True, False)
+    Examples:
+        >>> is_vision_task("SafetyCarRace1-v0"), is_vision_task("SafetyCarGoal1-v0")
+        (True, False)
     """
     return _VISION.match(env_id) is not None
 
@@ -94,8 +97,9 @@ def has_pixel_observations(env_id: str) -> bool:
     """Whether ``env_id`` observes a dict of sensors plus a ``vision`` image (a ``...Vision`` id)
     instead of one flat ``observation`` vector.
 
-    >>> has_pixel_observations("SafetyPointGoal1Vision-v0"), has_pixel_observations("SafetyPointGoal1-v0")
-    (True, False)
+    Examples:
+        >>> has_pixel_observations("SafetyPointGoal1Vision-v0"), has_pixel_observations("SafetyPointGoal1-v0")
+        (True, False)
     """
     return _VISION.match(env_id) is not None and "Vision-v" in env_id
 
@@ -105,11 +109,12 @@ def validate_env_id(env_id: str) -> str:
 
     Vision ids are valid. Up to 3 suggestions come from :func:`difflib.get_close_matches`.
 
-    >>> try:
-    ...     validate_env_id("SafetyPointGaol1-v0")
-    ... except ValueError as error:
-    ...     print(error)
-    unknown Safety-Gymnasium task id 'SafetyPointGaol1-v0'; did you mean 'SafetyPointGoal1-v0', 'SafetyPointGoal2-v0', 'SafetyPointGoal0-v0'? (cmo_rl.envs.safety_task_ids() lists all ids)
+    Examples:
+        >>> try:
+        ...     validate_env_id("SafetyPointGaol1-v0")
+        ... except ValueError as error:
+        ...     print(error)
+        unknown Safety-Gymnasium task id 'SafetyPointGaol1-v0'; did you mean 'SafetyPointGoal1-v0', 'SafetyPointGoal2-v0', 'SafetyPointGoal0-v0'? (cmo_rl.envs.safety_task_ids() lists all ids)
     """
     if not isinstance(env_id, str):
         raise ValueError(f"env_id must be a string, got {type(env_id).__name__}: {env_id!r}")

@@ -47,13 +47,14 @@ _RESERVED_KEYS = frozenset(
 def resolve_device(device: torch.device | str | int | None) -> torch.device:
     """``device`` as a :class:`torch.device`, or a ``ValueError`` if it cannot be used here.
 
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    >>> try:
-    ...     resolve_device("tpu:0")
-    ... except ValueError as error:
-    ...     print(str(error).split(";")[0])
-    unsupported device 'tpu:0'
+    Examples:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+        >>> try:
+        ...     resolve_device("tpu:0")
+        ... except ValueError as error:
+        ...     print(str(error).split(";")[0])
+        unsupported device 'tpu:0'
     """
     if device is None:
         return torch.device("cpu")
@@ -164,10 +165,11 @@ class SafetyGymnasiumBatchEnv(EnvBase):
     ``"_reset"`` entry of shape ``[B, 1]`` resets only the flagged sub-envs.
     :attr:`raw_envs` exposes the unwrapped envs (e.g. to move the agent in tests).
 
-    >>> env = SafetyGymnasiumBatchEnv("SafetyHalfCheetahVelocity-v1", num_envs=2, seed=0)
-    >>> td = env.rollout(3)
-    >>> td["next", "cost"].shape, td["next", "cost"].dtype, td["observation"].shape
-    (torch.Size([2, 3, 1]), torch.float32, torch.Size([2, 3, 17]))
+    Examples:
+        >>> env = SafetyGymnasiumBatchEnv("SafetyHalfCheetahVelocity-v1", num_envs=2, seed=0)
+        >>> td = env.rollout(3)
+        >>> td["next", "cost"].shape, td["next", "cost"].dtype, td["observation"].shape
+        (torch.Size([2, 3, 1]), torch.float32, torch.Size([2, 3, 17]))
     """
 
     def __init__(
@@ -455,12 +457,13 @@ def make_safety_env(
     Every argument is checked (``ValueError``) before any env is built; see
     :class:`SafetyGymnasiumBatchEnv` for the others.
 
-    >>> env = make_safety_env("SafetyHalfCheetahVelocity-v1", num_envs=2, seed=0,
-    ...                       max_episode_steps=5)
-    >>> td = env.rollout(5)
-    >>> sums = td["next", "episode_cost"][:, -1]
-    >>> bool(td["next", "truncated"][:, -1].all()), torch.equal(sums, td["next", "cost"].sum(1))
-    (True, True)
+    Examples:
+        >>> env = make_safety_env("SafetyHalfCheetahVelocity-v1", num_envs=2, seed=0,
+        ...                       max_episode_steps=5)
+        >>> td = env.rollout(5)
+        >>> sums = td["next", "episode_cost"][:, -1]
+        >>> bool(td["next", "truncated"][:, -1].all()), torch.equal(sums, td["next", "cost"].sum(1))
+        (True, True)
     """
     base = SafetyGymnasiumBatchEnv(
         env_id,
@@ -503,12 +506,13 @@ def observation_norm(in_keys: Sequence[str]) -> Transform:
     updated on every step and reset output (``freeze()`` stops the updates, e.g. for
     evaluation; ``state_dict()`` carries the statistics).
 
-    >>> from torchrl.envs import TransformedEnv
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> norm = observation_norm(["observation"])
-    >>> env = TransformedEnv(MockCMDPEnv(num_envs=8, episode_length=50, seed=0), norm)
-    >>> s = env.rollout(50)["next", "observation"][..., 0]  # raw s ~ U(-1, 1): std 0.58
-    >>> type(norm).__name__, round(float(s.std()), 1)
-    ('StableVecNorm', 1.0)
+    Examples:
+        >>> from torchrl.envs import TransformedEnv
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> norm = observation_norm(["observation"])
+        >>> env = TransformedEnv(MockCMDPEnv(num_envs=8, episode_length=50, seed=0), norm)
+        >>> s = env.rollout(50)["next", "observation"][..., 0]  # raw s ~ U(-1, 1): std 0.58
+        >>> type(norm).__name__, round(float(s.std()), 1)
+        ('StableVecNorm', 1.0)
     """
     return StableVecNorm(in_keys=list(in_keys), decay=1.0, eps=1e-4, reduce_batch_dims=True)

@@ -34,20 +34,21 @@ class StableVecNorm(VecNormV2):
     :math:`\sigma^2 = \overline{x^2} - \bar x^2 \ge 0` and the output is finite for finite input
     (a constant feature maps to 0). Arguments are ``VecNormV2``'s.
 
-    >>> from tensordict import TensorDict
-    >>> def normalised(norm, rows):  # a feature at 1.0 with float32 jitter, like Doggo's
-    ...     for x in rows:
-    ...         td = TensorDict({"observation": torch.tensor(x)}, batch_size=[len(x)])
-    ...         out = norm._step(td, td.clone())["observation"]
-    ...     return out
-    >>> rows = [[[1.0], [1.0]], [[0.99999994], [0.99999994]]]
-    >>> normalised(VecNormV2(in_keys=["observation"], decay=1.0, reduce_batch_dims=True), rows)
-    tensor([[nan],
-            [nan]])
-    >>> out = normalised(StableVecNorm(in_keys=["observation"], decay=1.0, reduce_batch_dims=True),
-    ...                  rows)
-    >>> bool(torch.isfinite(out).all()), bool(out.abs().max() < 1e-3)
-    (True, True)
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> def normalised(norm, rows):  # a feature at 1.0 with float32 jitter, like Doggo's
+        ...     for x in rows:
+        ...         td = TensorDict({"observation": torch.tensor(x)}, batch_size=[len(x)])
+        ...         out = norm._step(td, td.clone())["observation"]
+        ...     return out
+        >>> rows = [[[1.0], [1.0]], [[0.99999994], [0.99999994]]]
+        >>> normalised(VecNormV2(in_keys=["observation"], decay=1.0, reduce_batch_dims=True), rows)
+        tensor([[nan],
+                [nan]])
+        >>> out = normalised(StableVecNorm(in_keys=["observation"], decay=1.0, reduce_batch_dims=True),
+        ...                  rows)
+        >>> bool(torch.isfinite(out).all()), bool(out.abs().max() < 1e-3)
+        (True, True)
     """
 
     def _stateful_update(self, data) -> None:

@@ -62,13 +62,16 @@ class ClippedModeNormal(IndependentNormal):
     actions, as in OmniSafe), so stored ``action_log_prob`` values stay exact for PPO ratios.
 
     Args:
-        loc, scale: ``[*B, act_dim]`` mean and standard deviation.
-        low, high: action bounds broadcastable to ``loc`` (floats or tensors); ``None`` for no
+        loc: ``[*B, act_dim]`` mean.
+        scale: ``[*B, act_dim]`` standard deviation.
+        low: lower action bound broadcastable to ``loc`` (float or tensor); ``None`` for no
             clipping.
+        high: upper action bound, as ``low``.
 
-    >>> d = ClippedModeNormal(torch.tensor([[2.0, -0.3]]), torch.ones(1, 2), low=-1.0, high=1.0)
-    >>> d.deterministic_sample
-    tensor([[ 1.0000, -0.3000]])
+    Examples:
+        >>> d = ClippedModeNormal(torch.tensor([[2.0, -0.3]]), torch.ones(1, 2), low=-1.0, high=1.0)
+        >>> d.deterministic_sample
+        tensor([[ 1.0000, -0.3000]])
     """
 
     def __init__(
@@ -105,12 +108,13 @@ class StateIndependentScale(nn.Module):
         init_log_std: initial value of every entry of ``log_std``.
         device: device of the parameter.
 
-    >>> m = StateIndependentScale(2, init_log_std=0.0)
-    >>> loc, scale = m(torch.zeros(3, 2))
-    >>> scale
-    tensor([[1., 1.],
-            [1., 1.],
-            [1., 1.]], grad_fn=<ExpandBackward0>)
+    Examples:
+        >>> m = StateIndependentScale(2, init_log_std=0.0)
+        >>> loc, scale = m(torch.zeros(3, 2))
+        >>> scale
+        tensor([[1., 1.],
+                [1., 1.],
+                [1., 1.]], grad_fn=<ExpandBackward0>)
     """
 
     def __init__(
@@ -223,17 +227,18 @@ def make_actor(
         deterministic evaluation:
         ``with set_exploration_type(ExplorationType.DETERMINISTIC): actor(td)``.
 
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> from torchrl.envs.utils import ExplorationType, set_exploration_type
-    >>> env = MockCMDPEnv(num_envs=2, seed=0)
-    >>> actor = make_actor(env, hidden_layers=(8,))
-    >>> td = actor(env.reset())
-    >>> td["action"].shape, td["action_log_prob"].shape
-    (torch.Size([2, 1]), torch.Size([2]))
-    >>> with set_exploration_type(ExplorationType.DETERMINISTIC):
-    ...     td = actor(env.reset())
-    >>> bool((td["action"] == td["loc"].clamp(-1, 1)).all())
-    True
+    Examples:
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> from torchrl.envs.utils import ExplorationType, set_exploration_type
+        >>> env = MockCMDPEnv(num_envs=2, seed=0)
+        >>> actor = make_actor(env, hidden_layers=(8,))
+        >>> td = actor(env.reset())
+        >>> td["action"].shape, td["action_log_prob"].shape
+        (torch.Size([2, 1]), torch.Size([2]))
+        >>> with set_exploration_type(ExplorationType.DETERMINISTIC):
+        ...     td = actor(env.reset())
+        >>> bool((td["action"] == td["loc"].clamp(-1, 1)).all())
+        True
     """
     if distribution not in _DISTRIBUTIONS:
         raise ValueError(f"unknown distribution {distribution!r}; choose one of {_DISTRIBUTIONS}")
@@ -307,12 +312,15 @@ def make_value_critic(
 
     Args:
         env_or_specs: an env, an observation spec, or ``(observation_spec, action_spec)``.
-        hidden_layers, activation, device: as in :func:`make_actor`.
+        hidden_layers: as in :func:`make_actor`.
+        activation: as in :func:`make_actor`.
+        device: as in :func:`make_actor`.
 
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> critic = make_value_critic(MockCMDPEnv(num_envs=3), hidden_layers=(8,))
-    >>> critic(MockCMDPEnv(num_envs=3).reset())["state_value"].shape
-    torch.Size([3, 1])
+    Examples:
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> critic = make_value_critic(MockCMDPEnv(num_envs=3), hidden_layers=(8,))
+        >>> critic(MockCMDPEnv(num_envs=3).reset())["state_value"].shape
+        torch.Size([3, 1])
     """
     return _make_critic(env_or_specs, "state_value", hidden_layers, activation, device)
 
@@ -327,10 +335,11 @@ def make_cost_critic(
 
     Args: as in :func:`make_value_critic`.
 
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> cost_critic = make_cost_critic(MockCMDPEnv(num_envs=3), hidden_layers=(8,))
-    >>> cost_critic(MockCMDPEnv(num_envs=3).reset())["cost_value"].shape
-    torch.Size([3, 1])
+    Examples:
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> cost_critic = make_cost_critic(MockCMDPEnv(num_envs=3), hidden_layers=(8,))
+        >>> cost_critic(MockCMDPEnv(num_envs=3).reset())["cost_value"].shape
+        torch.Size([3, 1])
     """
     return _make_critic(env_or_specs, "cost_value", hidden_layers, activation, device)
 
@@ -338,13 +347,14 @@ def make_cost_critic(
 class ActorCritic(NamedTuple):
     """The three networks of a safe on-policy agent.
 
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> env = MockCMDPEnv(num_envs=2)
-    >>> agent = ActorCritic(make_actor(env, (8,)), make_value_critic(env, (8,)),
-    ...                     make_cost_critic(env, (8,)))
-    >>> actor, critic, cost_critic = agent  # a NamedTuple: unpacks like the tuple it is
-    >>> agent.cost_critic(env.reset())["cost_value"].shape
-    torch.Size([2, 1])
+    Examples:
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> env = MockCMDPEnv(num_envs=2)
+        >>> agent = ActorCritic(make_actor(env, (8,)), make_value_critic(env, (8,)),
+        ...                     make_cost_critic(env, (8,)))
+        >>> actor, critic, cost_critic = agent  # a NamedTuple: unpacks like the tuple it is
+        >>> agent.cost_critic(env.reset())["cost_value"].shape
+        torch.Size([2, 1])
     """
 
     actor: ProbabilisticActor
@@ -368,15 +378,19 @@ def actor_critic_from_env(
         env_or_specs: an env or ``(observation_spec, action_spec)``.
         hidden_layers: actor widths (and critic widths unless ``critic_hidden_layers`` is set).
         critic_hidden_layers: widths of both critics.
-        activation, distribution, init_log_std, device: as in :func:`make_actor`.
+        activation: as in :func:`make_actor`.
+        distribution: as in :func:`make_actor`.
+        init_log_std: as in :func:`make_actor`.
+        device: as in :func:`make_actor`.
         **ignored: other config entries (so a whole ``cfg.model`` mapping can be splatted in)
             are ignored, except near-misses of the names above (case/underscore-insensitive),
             which raise ``ValueError``.
 
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> ac = actor_critic_from_env(MockCMDPEnv(num_envs=2), hidden_layers=(8,))
-    >>> sorted(ac._fields)
-    ['actor', 'cost_critic', 'critic']
+    Examples:
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> ac = actor_critic_from_env(MockCMDPEnv(num_envs=2), hidden_layers=(8,))
+        >>> sorted(ac._fields)
+        ['actor', 'cost_critic', 'critic']
     """
     known = {"hidden_layers", "critic_hidden_layers", "activation", "distribution", "init_log_std"}
     for name in ignored:

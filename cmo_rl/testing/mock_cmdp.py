@@ -39,10 +39,11 @@ class MockCMDPEnv(EnvBase):
     ``("next", "reward")`` and ``("next", "cost")`` float32 ``[B, 1]``, ``done`` /
     ``terminated`` / ``truncated`` bool ``[B, 1]``.
 
-    >>> env = MockCMDPEnv(num_envs=3, episode_length=4, seed=0)
-    >>> td = env.rollout(4)
-    >>> td["next", "cost"].shape, bool(td["next", "truncated"][:, -1].all())
-    (torch.Size([3, 4, 1]), True)
+    Examples:
+        >>> env = MockCMDPEnv(num_envs=3, episode_length=4, seed=0)
+        >>> td = env.rollout(4)
+        >>> td["next", "cost"].shape, bool(td["next", "truncated"][:, -1].all())
+        (torch.Size([3, 4, 1]), True)
     """
 
     def __init__(
