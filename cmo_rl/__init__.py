@@ -4,8 +4,8 @@
 (:mod:`cmo_rl.envs.compat`) and nothing else. The public names of the component packages
 (:mod:`cmo_rl.envs`, :mod:`cmo_rl.modules`, :mod:`cmo_rl.objectives`, :mod:`cmo_rl.meta`,
 :mod:`cmo_rl.testing`: every name of their ``__all__``, so a new public name needs no edit here)
-are re-exported, and the utility modules (``checkpoint``, ``config``, ``evaluation``,
-``lifecycle``, ``logging``, ``plotting``, ``signals``, ``training``) are attributes. All of them load on first
+are re-exported, and the utility modules (``config``, ``evaluation``, ``lifecycle``,
+``plotting``, ``training``) are attributes. All of them load on first
 access: ``import cmo_rl`` imports neither torch, TorchRL nor safety-gymnasium; the first
 re-exported name (or ``cmo_rl.__all__``, ``dir(cmo_rl)``) imports the component packages. Map of
 the package and its keys: ``docs/index.md``, ``docs/design.md``.
@@ -31,17 +31,14 @@ __version__ = "0.1.0"
 
 #: Submodules reachable as attributes (``cmo_rl.plotting``) without an explicit import.
 _SUBMODULES = (
-    "checkpoint",
     "config",
     "envs",
     "evaluation",
     "lifecycle",
-    "logging",
     "meta",
     "modules",
     "objectives",
     "plotting",
-    "signals",
     "testing",
     "training",
 )

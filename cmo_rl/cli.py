@@ -47,9 +47,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cmo_rl.checkpoint import restore_rng_state
 from cmo_rl.config import ConfigError, TrackedConfig, check_override_keys
 from cmo_rl.lifecycle import CONFIG_EXIT_CODE, Run, run_cli
+from cmo_rl.lifecycle.checkpoint import restore_rng_state
 from cmo_rl.meta_schema import CONF_DIR, RESUMABLE_KEYS, SCHEMA, check_meta_config
 from cmo_rl.seeding import seed_everything
 

@@ -3,7 +3,7 @@
 Figures are built on :class:`matplotlib.figure.Figure` with a
 :class:`~matplotlib.backends.backend_agg.FigureCanvasAgg`, so plotting works headless, never
 touches the global pyplot backend and leaks no open figures. Inputs are the wide frames written
-by :class:`cmo_rl.logging.RunLogger` (a path or a :class:`pandas.DataFrame`); empty cells (NaN)
+by :class:`cmo_rl.lifecycle.logging.RunLogger` (a path or a :class:`pandas.DataFrame`); empty cells (NaN)
 are dropped per metric. Every function returns the written path.
 """
 

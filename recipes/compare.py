@@ -34,7 +34,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cmo_rl.checkpoint import latest_checkpoint
 from cmo_rl.compare.aggregate import comparison_table, format_markdown, plot_study, write_table
 from cmo_rl.compare.frozen import load_meta_optimizer
 from cmo_rl.compare.plan import METHODS, REPO, Budget, meta_training_spec, plan_runs
@@ -42,6 +41,7 @@ from cmo_rl.compare.runner import collect, execute
 from cmo_rl.config import ConfigError, Field, device_check, env_id_check
 from cmo_rl.envs.factory import MOCK_ENV_ID
 from cmo_rl.lifecycle import run_cli
+from cmo_rl.lifecycle.checkpoint import latest_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 META_KINDS = ("lstm", "pid")

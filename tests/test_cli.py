@@ -16,10 +16,10 @@ import pytest
 import torch
 import yaml
 
-from cmo_rl.checkpoint import latest_checkpoint, load_checkpoint
 from cmo_rl.cli import _main, train
 from cmo_rl.config import ConfigError
 from cmo_rl.config import check_override_keys as _check_override_keys
+from cmo_rl.lifecycle.checkpoint import latest_checkpoint, load_checkpoint
 from cmo_rl.meta.trainer import TRAINER_KEYS
 from cmo_rl.meta_schema import CONF_DIR, SCHEMA
 

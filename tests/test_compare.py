@@ -10,7 +10,6 @@ from types import SimpleNamespace as NS
 import pandas as pd
 import pytest
 
-from cmo_rl.checkpoint import checkpoint_path, save_checkpoint
 from cmo_rl.compare.aggregate import (
     comparison_table,
     format_markdown,
@@ -29,6 +28,7 @@ from cmo_rl.compare.plan import (
 )
 from cmo_rl.compare.runner import collect, execute, read_status, run_state
 from cmo_rl.config import ConfigError
+from cmo_rl.lifecycle.checkpoint import checkpoint_path, save_checkpoint
 
 T975_2 = 4.302652730  # t_{0.975, 2}: 3 seeds
 
@@ -379,7 +379,7 @@ def test_frozen_run_applies_the_pid_rule_with_the_rescaled_violation(tmp_path):
     assert (run / "checkpoints" / "step_000000000040.pt").is_file()
     assert (run / "plots" / "curves.png").is_file()
     # the policy moved: a frozen optimizer still trains
-    from cmo_rl.checkpoint import load_checkpoint
+    from cmo_rl.lifecycle.checkpoint import load_checkpoint
 
     state = load_checkpoint(run / "checkpoints" / "step_000000000040.pt")
     assert state["config"]["violation_scale"] == 1.0

@@ -63,8 +63,10 @@ def test_walk_finds_every_component_package() -> None:
         "cmo_rl.testing",
     }
     assert expected <= set(PACKAGES)
-    for name in ("checkpoint", "config", "evaluation", "logging", "plotting", "signals"):
+    for name in ("config", "evaluation", "plotting", "seeding"):
         assert f"cmo_rl.{name}" in MODULES
+    for name in ("checkpoint", "logging", "signals", "run", "resume", "entry", "guard"):
+        assert f"cmo_rl.lifecycle.{name}" in MODULES
 
 
 @pytest.mark.parametrize("module_name", MODULES)

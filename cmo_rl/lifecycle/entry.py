@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cmo_rl.config import ConfigError, Rule, Schema, validate_config
-from cmo_rl.signals import exit_code_for, signal_name
+from cmo_rl.lifecycle.signals import exit_code_for, signal_name
 
 __all__ = ["CONFIG_EXIT_CODE", "NONFINITE_EXIT_CODE", "run_cli"]
 
@@ -43,7 +43,7 @@ def run_cli(
 
     * ``ConfigError`` (from ``schema`` validation before ``main`` starts, or raised later):
       the message alone goes to stderr (no traceback), exit code 2.
-    * ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM under :func:`cmo_rl.signals.graceful_shutdown`),
+    * ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM under :func:`cmo_rl.lifecycle.signals.graceful_shutdown`),
       after the recipe's own ``finally`` blocks ran: ``interrupted (SIGINT); exiting`` (or
       ``SIGTERM``) on stderr, exit code 130 / 143.
     * ``FloatingPointError`` (a non-finite loss or meta-gradient with ``nan_policy=raise``):

@@ -21,13 +21,13 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cmo_rl.checkpoint import (
+from cmo_rl.config import ConfigError
+from cmo_rl.lifecycle.checkpoint import (
     CheckpointError,
     list_checkpoints,
     load_checkpoint,
 )
-from cmo_rl.config import ConfigError
-from cmo_rl.logging import find_runs
+from cmo_rl.lifecycle.logging import find_runs
 
 __all__ = [
     "LATEST",
@@ -52,8 +52,8 @@ def locate_resume(
 
     Examples:
         >>> import tempfile
-        >>> from cmo_rl.checkpoint import checkpoint_path, save_checkpoint
-        >>> from cmo_rl.logging import make_run_dir
+        >>> from cmo_rl.lifecycle.checkpoint import checkpoint_path, save_checkpoint
+        >>> from cmo_rl.lifecycle.logging import make_run_dir
         >>> with tempfile.TemporaryDirectory() as root:
         ...     run = make_run_dir(root, "ppo_lag", "MockCMDP-v0")
         ...     ckpt = save_checkpoint(checkpoint_path(run, 200), {"step": 200})
@@ -101,7 +101,7 @@ def load_resume_state(
 
     Examples:
         >>> import tempfile
-        >>> from cmo_rl.logging import make_run_dir
+        >>> from cmo_rl.lifecycle.logging import make_run_dir
         >>> root = tempfile.mkdtemp()
         >>> try:  # a run that was stopped before its first checkpoint
         ...     load_resume_state(make_run_dir(root, "demo", "T"), run_root=root, program="demo")

@@ -26,7 +26,7 @@ What every program gets the same way:
 * **checkpoints**: a checkpoint holds the last *snapshot* (never half-updated live objects),
   its ``step``, ``time_total``, ``config`` and RNG states, plus the program's entries;
   ``keep_checkpoints`` newest kept;
-* **logger** (:class:`~cmo_rl.logging.RunLogger`): ``metrics.csv``, TensorBoard, progress bar;
+* **logger** (:class:`~cmo_rl.lifecycle.logging.RunLogger`): ``metrics.csv``, TensorBoard, progress bar;
   a resumed run drops the rows after its checkpoint's step;
 * **signals**: SIGTERM raises like Ctrl-C inside the run, so the final checkpoint is written;
 * **NaN guard**: :attr:`Run.guard`, a :class:`~cmo_rl.lifecycle.guard.NonFiniteGuard` with the
@@ -44,18 +44,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cmo_rl.checkpoint import (
+from cmo_rl.config import ConfigError, Field, device_check, not_blank
+from cmo_rl.lifecycle.checkpoint import (
     capture_rng_state,
     checkpoint_path,
     cpu_state_copy,
     prune_checkpoints,
     save_checkpoint,
 )
-from cmo_rl.config import ConfigError, Field, device_check, not_blank
 from cmo_rl.lifecycle.guard import NAN_POLICIES, NonFiniteGuard
+from cmo_rl.lifecycle.logging import RunLogger, make_run_dir
 from cmo_rl.lifecycle.resume import hydra_override_keys, load_resume_state, resolve_resume_config
-from cmo_rl.logging import RunLogger, make_run_dir
-from cmo_rl.signals import graceful_shutdown, signal_name
+from cmo_rl.lifecycle.signals import graceful_shutdown, signal_name
 
 __all__ = ["RESERVED_STATE_KEYS", "RUN_FIELDS", "Run"]
 
@@ -93,7 +93,7 @@ class Run:
         cfg: the effective config, a plain dict.
         state: the checkpoint to continue from (``None`` for a new run).
         run_dir: the run directory (known on resume; created when the run is opened).
-        logger: the :class:`~cmo_rl.logging.RunLogger` while the run is open.
+        logger: the :class:`~cmo_rl.lifecycle.logging.RunLogger` while the run is open.
         guard: the run's NaN guard (``nan_policy``, when the config has one).
         on_close: callables run after the logger is closed (e.g. plots); their errors never
             hide the run's own outcome.

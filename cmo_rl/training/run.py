@@ -38,7 +38,7 @@ from torchrl.envs import EnvBase
 from cmo_rl.config import ConfigError
 from cmo_rl.envs.factory import max_episode_steps, observation_norm_of
 from cmo_rl.lifecycle import NonFiniteGuard, Run
-from cmo_rl.logging import RunLogger
+from cmo_rl.lifecycle.logging import RunLogger
 from cmo_rl.training.rollout_eval import eval_metrics, evaluate_policy, sync_observation_norm
 from cmo_rl.training.run_state import RESUMABLE_KEYS, recipe_state, restore_snapshot
 from cmo_rl.training.schema import RULES, check_consistency

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cmo_rl.checkpoint import cpu_state_copy, restore_rng_state
 from cmo_rl.lifecycle import RESERVED_STATE_KEYS
+from cmo_rl.lifecycle.checkpoint import cpu_state_copy, restore_rng_state
 
 __all__ = ["RESUMABLE_KEYS", "recipe_state", "restore_snapshot"]
 

@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 
-from cmo_rl.checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
 from cmo_rl.config import ConfigError
 from cmo_rl.lifecycle import Run, locate_resume
-from cmo_rl.logging import make_run_dir
+from cmo_rl.lifecycle.checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
+from cmo_rl.lifecycle.logging import make_run_dir
 
 
 def _cfg(root, **extra):
@@ -99,7 +99,7 @@ def test_resume_latest_finds_the_newest_run_on_any_task(tmp_path, monkeypatch):
     """``cmo resume=latest`` used to look only under the default env_ids' first task."""
     old = make_run_dir(tmp_path, "demo", "A")
     save_checkpoint(checkpoint_path(old, 1), {"step": 1})
-    monkeypatch.setattr("cmo_rl.logging.time.strftime", lambda fmt: "29990101-000000")
+    monkeypatch.setattr("cmo_rl.lifecycle.logging.time.strftime", lambda fmt: "29990101-000000")
     new = make_run_dir(tmp_path, "demo", "B")
     ckpt = save_checkpoint(checkpoint_path(new, 2), {"step": 2})
     assert locate_resume("latest", run_root=tmp_path, program="demo") == (new, ckpt)

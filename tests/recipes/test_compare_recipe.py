@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cmo_rl.checkpoint import save_checkpoint
+from cmo_rl.lifecycle.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 

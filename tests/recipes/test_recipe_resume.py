@@ -13,7 +13,7 @@ import pytest
 import torch
 from recipe_helpers import RECIPES, REPO, TINY, load_recipe, metrics, the_run, train
 
-from cmo_rl.checkpoint import latest_checkpoint, load_checkpoint
+from cmo_rl.lifecycle.checkpoint import latest_checkpoint, load_checkpoint
 from cmo_rl.training import lagrangian_ppo
 
 #: Recipes whose loop is :func:`cmo_rl.training.lagrangian_ppo.train_lagrangian_ppo`.
@@ -140,7 +140,7 @@ def test_recipe_prints_its_run_dir_and_refuses_a_corrupt_checkpoint(tmp_path):
 
     from recipe_helpers import run_cli
 
-    from cmo_rl.checkpoint import list_checkpoints
+    from cmo_rl.lifecycle.checkpoint import list_checkpoints
 
     root = tmp_path / "runs"
     args = [*TINY, "checkpoint_interval=1", f"run_root={root}"]

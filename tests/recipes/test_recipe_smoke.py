@@ -6,8 +6,8 @@ import pytest
 import yaml
 from recipe_helpers import RECIPES, TINY, metrics, run_cli, the_run, train
 
-from cmo_rl.checkpoint import latest_checkpoint, load_checkpoint
 from cmo_rl.lifecycle import NonFiniteError
+from cmo_rl.lifecycle.checkpoint import latest_checkpoint, load_checkpoint
 
 _ALGORITHM_COLUMNS = {
     "ppo_lagrangian": ["train/loss_objective", "train/clip_fraction", "train/kl", "train/entropy"],

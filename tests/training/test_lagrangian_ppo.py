@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cmo_rl.checkpoint import latest_checkpoint, load_checkpoint
+from cmo_rl.lifecycle.checkpoint import latest_checkpoint, load_checkpoint
 from cmo_rl.objectives import LagrangeMultiplier
 from cmo_rl.training.lagrangian_ppo import step_multiplier, train_lagrangian_ppo
 

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from cmo_rl.checkpoint import (
+from cmo_rl.config import ConfigError
+from cmo_rl.envs.factory import make_env, observation_norm_of
+from cmo_rl.lifecycle import resolve_resume_config
+from cmo_rl.lifecycle.checkpoint import (
     capture_rng_state,
     cpu_state_copy,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from cmo_rl.config import ConfigError
-from cmo_rl.envs.factory import make_env, observation_norm_of
-from cmo_rl.lifecycle import resolve_resume_config
 from cmo_rl.modules import actor_critic_from_env
 from cmo_rl.objectives import LagrangeMultiplier, PIDLagrangian
 from cmo_rl.training.onpolicy import make_optimizer

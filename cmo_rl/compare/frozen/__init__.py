@@ -44,10 +44,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cmo_rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from cmo_rl.config import ConfigError, Field, device_check, env_id_check
 from cmo_rl.envs.factory import MOCK_ENV_ID
 from cmo_rl.lifecycle import Run, run_cli
+from cmo_rl.lifecycle.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
 __all__ = ["DEFAULTS", "SCHEMA", "load_meta_optimizer", "main", "train"]
 
@@ -104,7 +104,7 @@ def load_meta_optimizer(
     for anything unusable.
 
     >>> import tempfile
-    >>> from cmo_rl.checkpoint import checkpoint_path, save_checkpoint
+    >>> from cmo_rl.lifecycle.checkpoint import checkpoint_path, save_checkpoint
     >>> from cmo_rl.meta import make_meta_optimizer
     >>> with tempfile.TemporaryDirectory() as d:
     ...     opt = make_meta_optimizer("pid", init_KP=0.5)
@@ -162,7 +162,7 @@ def train(cfg: Mapping[str, Any]) -> Path:
     returns the run directory.
 
     >>> import tempfile
-    >>> from cmo_rl.checkpoint import save_checkpoint
+    >>> from cmo_rl.lifecycle.checkpoint import save_checkpoint
     >>> from cmo_rl.meta import make_meta_optimizer
     >>> with tempfile.TemporaryDirectory() as d:
     ...     opt = make_meta_optimizer("pid", init_etaR=0.05)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from cmo_rl import checkpoint as ckpt
-from cmo_rl.checkpoint import (
+from cmo_rl.lifecycle import checkpoint as ckpt
+from cmo_rl.lifecycle.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     capture_rng_state,

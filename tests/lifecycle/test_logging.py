@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import torch
 
-import cmo_rl.logging as run_logging
-from cmo_rl.logging import RunLogger, find_runs, make_run_dir
-from cmo_rl.signals import Terminated, deferred_signals, exit_code_for, graceful_shutdown
+import cmo_rl.lifecycle.logging as run_logging
+from cmo_rl.lifecycle.logging import RunLogger, find_runs, make_run_dir
+from cmo_rl.lifecycle.signals import Terminated, deferred_signals, exit_code_for, graceful_shutdown
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def read_rows(path: Path) -> list[list[str]]:
@@ -260,7 +260,7 @@ def test_signal_loses_no_logged_row(tmp_path, signum, busy):
     proc = _spawn(
         f"""
         import sys, time
-        from cmo_rl.logging import RunLogger
+        from cmo_rl.lifecycle.logging import RunLogger
         logger = RunLogger(sys.argv[1])
         step = 0
         while True:
@@ -305,10 +305,10 @@ def test_graceful_shutdown_flushes_and_checkpoints_on_sigterm(tmp_path):
         """
         import sys, time, itertools
         from pathlib import Path
-        from cmo_rl.checkpoint import checkpoint_path, save_checkpoint
+        from cmo_rl.lifecycle.checkpoint import checkpoint_path, save_checkpoint
         from cmo_rl.lifecycle import run_cli
-        from cmo_rl.logging import RunLogger
-        from cmo_rl.signals import graceful_shutdown
+        from cmo_rl.lifecycle.logging import RunLogger
+        from cmo_rl.lifecycle.signals import graceful_shutdown
 
         @run_cli
         def main(run_dir):
@@ -339,7 +339,7 @@ def test_graceful_shutdown_flushes_and_checkpoints_on_sigterm(tmp_path):
     assert "Traceback" not in err
     assert "interrupted (SIGTERM); exiting" in err
     assert "SIGTERM received again while shutting down; ignored" in err
-    from cmo_rl.checkpoint import latest_checkpoint, load_checkpoint
+    from cmo_rl.lifecycle.checkpoint import latest_checkpoint, load_checkpoint
 
     last = load_checkpoint(latest_checkpoint(tmp_path))["step"]
     df = pd.read_csv(tmp_path / "metrics.csv")

@@ -6,7 +6,7 @@ Layout of one run (``make_run_dir``)::
         config.yaml        the resolved config (``RunLogger.log_hparams``)
         metrics.csv        wide CSV: ``step`` then one column per metric
         tensorboard/       TensorBoard event files
-        checkpoints/       ``step_<step>.pt`` (see :mod:`cmo_rl.checkpoint`)
+        checkpoints/       ``step_<step>.pt`` (see :mod:`cmo_rl.lifecycle.checkpoint`)
 
 ``metrics.csv`` is **wide**: one row per logged step, holding every metric logged at that step
 (several ``log_scalars`` calls with the same step merge into one row; a metric not logged at a step
@@ -14,7 +14,7 @@ is an empty cell, read back as NaN by pandas). The header is ``step`` followed b
 names in order of first appearance. When a new metric name appears, the file is rewritten once
 with the extended header (to a temp file, then ``os.replace``), so the header is always right.
 Every call flushes the file to the OS, so SIGINT, SIGTERM or an exception lose nothing that was
-logged; the multi-step row updates run with signals deferred (:func:`cmo_rl.signals.deferred_signals`).
+logged; the multi-step row updates run with signals deferred (:func:`cmo_rl.lifecycle.signals.deferred_signals`).
 Stable metric names are listed in ``docs/metrics.md``.
 
 Resuming: ``RunLogger(run_dir, resume_step=s)`` drops every CSV row with ``step > s`` and opens
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from cmo_rl.signals import deferred_signals
+from cmo_rl.lifecycle.signals import deferred_signals
 
 __all__ = ["RunLogger", "make_run_dir", "find_runs"]
 

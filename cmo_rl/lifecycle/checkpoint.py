@@ -203,7 +203,7 @@ def verify_checkpoint(path: str | os.PathLike) -> None:
         ...     verify_checkpoint(p)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        cmo_rl.checkpoint.CheckpointError: checkpoint ...c.pt: truncated: ... payload bytes present
+        cmo_rl.lifecycle.checkpoint.CheckpointError: checkpoint ...c.pt: truncated: ... payload bytes present
     """
     _read_verified(Path(path))
 
