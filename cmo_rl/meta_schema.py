@@ -5,18 +5,20 @@
 :class:`cmo_rl.config.ConfigError` listing every problem (the CLI prints it and exits with code 2).
 ``docs/configuration.md`` explains every key.
 
->>> from omegaconf import OmegaConf
->>> cfg = OmegaConf.load(DEFAULT_CONFIG)
->>> _ = cfg.pop("defaults"), cfg.pop("hydra")
->>> check_meta_config(cfg)
->>> cfg.meta_batch_size, cfg.meta_optimizer_type = 0, "lsmt"
->>> try:
-...     check_meta_config(cfg)
-... except ConfigError as err:
-...     print(err)
-invalid config (2 problems):
-  - meta_optimizer_type: got 'lsmt', allowed: one of ['lstm', 'pid'] (did you mean 'lstm'?)
-  - meta_batch_size: got 0, out of range; allowed: int >= 1
+Examples:
+    >>> from omegaconf import OmegaConf
+    >>> from cmo_rl.config import ConfigError
+    >>> cfg = OmegaConf.load(DEFAULT_CONFIG)
+    >>> _ = cfg.pop("defaults"), cfg.pop("hydra")
+    >>> check_meta_config(cfg)
+    >>> cfg.meta_batch_size, cfg.meta_optimizer_type = 0, "lsmt"
+    >>> try:
+    ...     check_meta_config(cfg)
+    ... except ConfigError as err:
+    ...     print(err)
+    invalid config (2 problems):
+      - meta_optimizer_type: got 'lsmt', allowed: one of ['lstm', 'pid'] (did you mean 'lstm'?)
+      - meta_batch_size: got 0, out of range; allowed: int >= 1
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cmo_rl.config import ConfigError, Field, env_id_check, layer_widths, validate_config
+from cmo_rl.config import Field, Rule, env_id_check, layer_widths, validate_config
 from cmo_rl.envs.factory import MOCK_ENV_ID
 from cmo_rl.lifecycle import RUN_FIELDS
 
@@ -35,6 +37,7 @@ __all__ = [
     "CONF_DIR",
     "DEFAULT_CONFIG",
     "RESUMABLE_KEYS",
+    "RULES",
     "SCHEMA",
     "by_optimizer_type",
     "check_meta_config",
@@ -55,11 +58,12 @@ def by_optimizer_type(kind: str, lstm: Any, pid: Any) -> Any:
     but an absolute one for each of the LSTM's thousands of weights. Registered on import of
     this module (the ``cmo`` program imports it before Hydra composes the config).
 
-    >>> from omegaconf import OmegaConf
-    >>> cfg = OmegaConf.create({"meta_optimizer_type": "pid",
-    ...                         "meta_lr": "${by_type:${meta_optimizer_type},0.02,0.15}"})
-    >>> cfg.meta_lr, OmegaConf.merge(cfg, {"meta_optimizer_type": "lstm"}).meta_lr
-    (0.15, 0.02)
+    Examples:
+        >>> from omegaconf import OmegaConf
+        >>> cfg = OmegaConf.create({"meta_optimizer_type": "pid",
+        ...                         "meta_lr": "${by_type:${meta_optimizer_type},0.02,0.15}"})
+        >>> cfg.meta_lr, OmegaConf.merge(cfg, {"meta_optimizer_type": "lstm"}).meta_lr
+        (0.15, 0.02)
     """
     return pid if kind == "pid" else lstm
 
@@ -70,12 +74,13 @@ OmegaConf.register_new_resolver("by_type", by_optimizer_type, replace=True)
 def env_ids_check(values: list) -> bool:
     """``check`` for a list of task ids: each one valid (close-match hints), no duplicates.
 
-    >>> env_ids_check(["MockCMDP-v0", "SafetyHopperVelocity-v1"])
-    True
-    >>> env_ids_check(["SafetyHoperVelocity-v1"])  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: item 0: unknown Safety-Gymnasium task id 'SafetyHoperVelocity-v1'; did you mean ...
+    Examples:
+        >>> env_ids_check(["MockCMDP-v0", "SafetyHopperVelocity-v1"])
+        True
+        >>> env_ids_check(["SafetyHoperVelocity-v1"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: item 0: unknown Safety-Gymnasium task id 'SafetyHoperVelocity-v1'; did you mean ...
     """
     for i, value in enumerate(values):
         try:
@@ -174,28 +179,38 @@ RESUMABLE_KEYS = frozenset(
 )
 
 
-def check_meta_config(cfg: Mapping[str, Any]) -> None:
-    """:data:`SCHEMA` plus cross-key checks; one :class:`ConfigError` listing every problem.
-
-    Cross-key checks: ``meta_test.rounds`` (when > 0) and ``inner_rollouts`` give the meta-test
-    budget; ``eval_env_ids`` must not repeat a training task (a held-out task is held out).
-
-    >>> from omegaconf import OmegaConf
-    >>> cfg = OmegaConf.load(DEFAULT_CONFIG)
-    >>> _ = cfg.pop("defaults"), cfg.pop("hydra")
-    >>> cfg.eval_env_ids = [cfg.env_ids[0]]  # a held-out task that is also a training task
-    >>> try:
-    ...     check_meta_config(cfg)
-    ... except ConfigError as err:
-    ...     print(err.problems[0].split(":")[0])
-    eval_env_ids
-    """
-    validate_config(cfg, SCHEMA)
+def _held_out_is_held_out(cfg: Mapping[str, Any]) -> list[str]:
     overlap = sorted(set(cfg["env_ids"]) & set(cfg["eval_env_ids"]))
-    if overlap:
-        raise ConfigError(
-            [
-                f"eval_env_ids: {overlap} are also training tasks (env_ids); the meta-test runs on "
-                "every training task anyway, eval_env_ids lists the held-out ones"
-            ]
-        )
+    if not overlap:
+        return []
+    return [
+        f"eval_env_ids: {overlap} are also training tasks (env_ids); the meta-test runs on "
+        "every training task anyway, eval_env_ids lists the held-out ones"
+    ]
+
+
+#: The checks that involve several keys, reported with the single-key problems.
+RULES = (Rule(("env_ids", "eval_env_ids"), _held_out_is_held_out),)
+
+
+def check_meta_config(cfg: Mapping[str, Any]) -> None:
+    """:data:`SCHEMA` and :data:`RULES`: one :class:`ConfigError` listing every problem,
+    single-key and cross-key together.
+
+    Cross-key check: ``eval_env_ids`` must not repeat a training task (a held-out task is
+    held out).
+
+    Examples:
+        >>> from omegaconf import OmegaConf
+        >>> from cmo_rl.config import ConfigError
+        >>> cfg = OmegaConf.load(DEFAULT_CONFIG)
+        >>> _ = cfg.pop("defaults"), cfg.pop("hydra")
+        >>> cfg.eval_env_ids = [cfg.env_ids[0]]  # a held-out task that is also a training task
+        >>> cfg.meta_lr = -1.0
+        >>> try:
+        ...     check_meta_config(cfg)
+        ... except ConfigError as err:
+        ...     print([p.split(":")[0] for p in err.problems])
+        ['meta_lr', 'eval_env_ids']
+    """
+    validate_config(cfg, SCHEMA, RULES)

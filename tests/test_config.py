@@ -293,3 +293,19 @@ def test_pixel_observation_task_is_refused_with_its_state_twin():
         check("SafetyCarButton1Vision-v0")
     assert check("SafetyCarButton1-v0")
     assert env_id_check()("SafetyCarButton1Vision-v0")  # make_safety_env-level check accepts it
+
+
+def test_cmo_reports_single_key_and_cross_key_problems_together():
+    """``cmo``: a held-out task that is also a training task used to be reported only after the
+    single-key problems were fixed."""
+    from omegaconf import OmegaConf
+
+    from cmo_rl.meta_schema import DEFAULT_CONFIG, check_meta_config
+
+    cfg = OmegaConf.load(DEFAULT_CONFIG)
+    cfg.pop("defaults"), cfg.pop("hydra")
+    cfg.eval_env_ids = [cfg.env_ids[0]]
+    cfg.meta_lr, cfg.mu = -1.0, -2.0
+    with pytest.raises(ConfigError) as info:
+        check_meta_config(cfg)
+    assert [p.split(":")[0] for p in info.value.problems] == ["meta_lr", "mu", "eval_env_ids"]
