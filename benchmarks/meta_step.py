@@ -156,7 +156,7 @@ def bench_single_batch(args: argparse.Namespace, sampler, device: torch.device) 
             data,
             episode_return=0.0,
             episode_cost=0.0,
-            horizon=args.episode_length,
+            episode_length=args.episode_length,
         )[0]
 
     grad_fn = torch.func.grad(reward_surrogate)

@@ -103,7 +103,7 @@ def make_tasks(robot: str, num_tasks: int, args, device: torch.device, seed: int
 
 def window_loop(opt, actor, params, data, args) -> None:
     """Today's path: ``inner_step`` task after task, each task's meta-backward on its own."""
-    estimates = data_surrogate(actor, horizon=args.episode_length)
+    estimates = data_surrogate(actor, episode_length=args.episode_length)
     meta_params = list(opt.parameters())
     for b in range(params.batch_size[0]):
         theta = params[b]
@@ -121,7 +121,7 @@ def window_loop(opt, actor, params, data, args) -> None:
 
 def window_vmap(opt, actor, params, data, args) -> None:
     """``batched_inner_step`` on all tasks at once, one meta-backward."""
-    estimates = data_surrogate(actor, horizon=args.episode_length)
+    estimates = data_surrogate(actor, episode_length=args.episode_length)
     num_tasks = params.batch_size[0]
     theta = params
     lam = torch.stack([opt.init_multiplier(params[0])] * num_tasks)

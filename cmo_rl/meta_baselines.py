@@ -1,20 +1,21 @@
 """The ``cmo`` meta-test's equal-budget baselines (``meta_test.compare_baselines``).
 
 PPO-Lag and PID-Lag train on every task and seed of the meta-test with the same env-step
-budget as the frozen optimizers (``budget`` epochs of ``episode_length * vector_envs_per_task``
+budget as the frozen optimizers (``inner_rollouts`` epochs of ``episode_length * vector_envs_per_task``
 steps), with the library loop of their recipes
 (:func:`cmo_rl.training.lagrangian_ppo.train_lagrangian_ppo` and the recipes' multipliers,
 :func:`~cmo_rl.training.lagrangian_ppo.make_lagrange_multiplier`,
 :func:`~cmo_rl.training.lagrangian_ppo.make_pid_multiplier`), each on its recipe's yaml
-defaults (``recipes/config/<recipe>.yaml``) except the task, budget, horizon, limit, discount,
+defaults (``recipes/config/<recipe>.yaml``) except the task, budget, episode length, limit, discount,
 network and seed, checked with the recipe's schema. The rows join the meta-test's table
 (:func:`cmo_rl.meta.report.run_meta_test`, ``baselines=``) in its eval columns.
 
 This is the program layer: it joins the meta-learning wing (:mod:`cmo_rl.meta`) and the
 baseline wing (:mod:`cmo_rl.training`), which never import each other.
 
->>> [(b.label, b.recipe) for b in BASELINES]
-[('ppo_lag', 'ppo_lagrangian'), ('pid_lag', 'pid_lagrangian')]
+Examples:
+    >>> [(b.label, b.recipe) for b in BASELINES]
+    [('ppo_lag', 'ppo_lagrangian'), ('pid_lag', 'pid_lagrangian')]
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ class Baseline:
     """One baseline of the comparison: its label (the ``optimizer`` column and run-directory
     name), the recipe whose yaml defaults it takes, its schema and its multiplier.
 
-    >>> ppo_lag = BASELINES[0]
-    >>> ppo_lag.config_path.name, "lambda_lr" in ppo_lag.schema
-    ('ppo_lagrangian.yaml', True)
+    Examples:
+        >>> ppo_lag = BASELINES[0]
+        >>> ppo_lag.config_path.name, "lambda_lr" in ppo_lag.schema
+        ('ppo_lagrangian.yaml', True)
     """
 
     label: str
@@ -92,7 +94,7 @@ def baseline_runs(
     env_ids: Sequence[str],
     *,
     seeds: Sequence[int],
-    budget: int,
+    inner_rollouts: int,
     episode_length: int,
     vector_envs_per_task: int,
     cost_limit: float,
@@ -106,11 +108,11 @@ def baseline_runs(
     held_out: Sequence[str] = (),
     baselines: Sequence[Baseline] = BASELINES,
 ) -> list[dict[str, Any]]:
-    """Every baseline on every task and seed with ``budget`` epochs of
+    """Every baseline on every task and seed with ``inner_rollouts`` epochs of
     ``episode_length * vector_envs_per_task`` env steps (the meta-test's training budget).
 
     Each run is :func:`~cmo_rl.training.lagrangian_ppo.train_lagrangian_ppo` with the recipe's
-    yaml defaults except the task, budget, horizon, limit, discount, network and seed; its run
+    yaml defaults except the task, budget, episode length, limit, discount, network and seed; its run
     directory goes under ``run_root``. Rows: ``optimizer``, ``env_id``, ``split``, ``seed``,
     ``eval_return``, ``eval_cost`` (deterministic, after the last update), ``env_steps``,
     ``run_dir``.
@@ -130,7 +132,7 @@ def baseline_runs(
                     "num_envs": int(vector_envs_per_task),
                     "max_episode_steps": int(episode_length),
                     "steps_per_epoch": steps_per_epoch,
-                    "total_steps": steps_per_epoch * int(budget),
+                    "total_steps": steps_per_epoch * int(inner_rollouts),
                     "minibatch_size": min(int(base.minibatch_size), steps_per_epoch),
                     "cost_limit": float(cost_limit),
                     "gamma": float(gamma),
@@ -138,9 +140,9 @@ def baseline_runs(
                     "cost_gamma": float(gamma),
                     "cost_gae_lambda": float(gae_lambda),
                     "hidden_layers": [int(h) for h in hidden_layers],
-                    "eval_interval": int(budget),
+                    "eval_interval": int(inner_rollouts),
                     "eval_episodes": max(1, int(eval_episodes)),
-                    "checkpoint_interval": int(budget),
+                    "checkpoint_interval": int(inner_rollouts),
                     "run_root": str(run_root),
                     "progress": False,
                     "seed": int(seed),
@@ -166,7 +168,7 @@ def baseline_runs(
                         "seed": int(seed),
                         "eval_return": float(last["eval/episode_return"]),
                         "eval_cost": float(last["eval/episode_cost"]),
-                        "env_steps": steps_per_epoch * int(budget),
+                        "env_steps": steps_per_epoch * int(inner_rollouts),
                         "run_dir": str(run_dir),
                     }
                 )
@@ -176,13 +178,14 @@ def baseline_runs(
 def baseline_runner(cfg: Mapping[str, Any], run_root: str | Path) -> Callable[..., list[dict]]:
     """:func:`baseline_runs` with the task settings of the ``cmo`` config ``cfg``, runs under
     ``run_root``: the ``baselines`` argument of :func:`cmo_rl.meta.report.run_meta_test`
-    (called as ``runner(env_ids, seeds=, budget=, held_out=)``).
+    (called as ``runner(env_ids, seeds=, inner_rollouts=, held_out=)``).
 
-    >>> runner = baseline_runner({"episode_length": 8, "vector_envs_per_task": 2,
-    ...     "cost_limit": 1.0, "gamma": 0.99, "gae_lambda": 0.95, "hidden_layers": [8],
-    ...     "eval_episodes": 1, "device": "cpu", "torch_threads": 1}, "runs/baselines")
-    >>> runner.keywords["episode_length"], runner.keywords["run_root"]
-    (8, 'runs/baselines')
+    Examples:
+        >>> runner = baseline_runner({"episode_length": 8, "vector_envs_per_task": 2,
+        ...     "cost_limit": 1.0, "gamma": 0.99, "gae_lambda": 0.95, "hidden_layers": [8],
+        ...     "eval_episodes": 1, "device": "cpu", "torch_threads": 1}, "runs/baselines")
+        >>> runner.keywords["episode_length"], runner.keywords["run_root"]
+        (8, 'runs/baselines')
     """
     return functools.partial(
         baseline_runs,

@@ -377,7 +377,7 @@ def test_meta_test_pairs_runs_with_common_random_numbers():
     opt = make_meta_optimizer("pid", init_etaR=0.1, init_etaC=0.1)
     faster = make_meta_optimizer("pid", init_etaR=0.3, init_etaC=0.1)
     torch.manual_seed(99)  # the rows must not depend on the global RNG
-    kw = dict(seeds=[1, 2, 3], budget=2, cost_limit=1.0, mu=3.0, eval_episodes=3)
+    kw = dict(seeds=[1, 2, 3], inner_rollouts=2, cost_limit=1.0, mu=3.0, eval_episodes=3)
     rows = meta_test({"initial": opt, "learned": copy.deepcopy(opt)}, sampler, **kw)
     assert len(rows) == 6 and {r["env_steps"] for r in rows} == {3 * 6 * 3}
     for r in rows:

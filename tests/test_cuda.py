@@ -114,7 +114,7 @@ def test_meta_iteration_on_cuda_keeps_everything_on_the_gpu():
     )
     metrics = trainer.meta_iteration()
     assert all(p.device.type == "cuda" for p in trainer.meta_optimizer.parameters())
-    assert metrics["meta/grad_norm"] > 0 and metrics["meta/skipped"] == 0.0
+    assert metrics["meta/grad_norm"] > 0 and metrics["meta/skipped_updates"] == 0.0
 
 
 def _cmo_defaults() -> dict:

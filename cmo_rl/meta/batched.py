@@ -48,7 +48,7 @@ DataEstimates = Callable[[TensorDictBase, TensorDictBase], tuple[Tensor, Tensor]
 _DATA_KEYS = ("batch", "episode_return", "episode_cost")
 
 
-def data_surrogate(actor: nn.Module, *, horizon: int) -> DataEstimates:
+def data_surrogate(actor: nn.Module, *, episode_length: int) -> DataEstimates:
     """``(theta, data) -> (J_R, J_C)``: :func:`~cmo_rl.meta.functional.surrogate_estimates` with
     the round's data as an argument (what :func:`batched_inner_step` maps over).
 
@@ -57,18 +57,19 @@ def data_surrogate(actor: nn.Module, *, horizon: int) -> DataEstimates:
     ``"episode_return"`` and ``"episode_cost"`` (``[]``, the measured values). Stacked over
     tasks: batch size ``[B]``, ``"batch"`` ``[B, N, T]``, the two scalars ``[B]``.
 
-    >>> from tensordict import TensorDict
-    >>> from cmo_rl.meta.functional import _example_rollout, params_of
-    >>> actor, batch = _example_rollout()  # a MockCMDP actor and its [2, 3] rollout
-    >>> batch["advantage"], batch["cost_advantage"] = torch.ones(2, 3, 1), torch.ones(2, 3, 1)
-    >>> data = TensorDict(batch=batch, episode_return=torch.tensor(1.5),
-    ...                   episode_cost=torch.tensor(0.5))
-    >>> j_r, j_c = data_surrogate(actor, horizon=3)(params_of(actor), data)
-    >>> round(float(j_r), 4), round(float(j_c), 4)  # rho = 1 at the sampling parameters
-    (1.5, 0.5)
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> from cmo_rl.meta.functional import _example_rollout, params_of
+        >>> actor, batch = _example_rollout()  # a MockCMDP actor and its [2, 3] rollout
+        >>> batch["advantage"], batch["cost_advantage"] = torch.ones(2, 3, 1), torch.ones(2, 3, 1)
+        >>> data = TensorDict(batch=batch, episode_return=torch.tensor(1.5),
+        ...                   episode_cost=torch.tensor(0.5))
+        >>> j_r, j_c = data_surrogate(actor, episode_length=3)(params_of(actor), data)
+        >>> round(float(j_r), 4), round(float(j_c), 4)  # rho = 1 at the sampling parameters
+        (1.5, 0.5)
     """
-    if horizon < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    if episode_length < 1:
+        raise ValueError(f"episode_length must be >= 1, got {episode_length}")
 
     def estimates(params: TensorDictBase, data: TensorDictBase) -> tuple[Tensor, Tensor]:
         missing = [k for k in _DATA_KEYS if k not in data.keys()]
@@ -80,7 +81,7 @@ def data_surrogate(actor: nn.Module, *, horizon: int) -> DataEstimates:
             data["batch"],
             episode_return=data["episode_return"],
             episode_cost=data["episode_cost"],
-            horizon=horizon,
+            episode_length=episode_length,
         )
 
     return estimates
@@ -94,19 +95,21 @@ class BatchedStep:
         params: ``theta_{k+1}``, batch size ``[B]``.
         lagrange_multiplier: ``lambda_{k+1}``, ``[B]``.
         state: ``s_{k+1}``, batch size ``[B]``.
-        return_estimate, cost_estimate: ``J_R(theta_k)``, ``J_C(theta_k)``, ``[B]``.
+        return_estimate: ``J_R(theta_k)``, ``[B]``.
+        cost_estimate: ``J_C(theta_k)``, ``[B]``.
         violation: ``e_k``, ``[B]``.
 
-    >>> from tensordict import TensorDict
-    >>> from cmo_rl.meta import PIDMetaOptimizer
-    >>> opt = PIDMetaOptimizer(normalize_grads=False, init_etaR=0.5)
-    >>> theta = TensorDict(w=torch.tensor([[1.0], [2.0]]), batch_size=[2])
-    >>> out = batched_inner_step(
-    ...     opt, lambda p, d: ((p["w"] * d["x"]).sum(), torch.zeros(())), theta,
-    ...     torch.zeros(2), torch.stack([opt.init_state(theta[0])] * 2),
-    ...     TensorDict(x=torch.tensor([[1.0], [3.0]]), batch_size=[2]), cost_limit=1.0)
-    >>> out.return_estimate.tolist(), out.params["w"].squeeze(-1).tolist()  # w + 0.5 x
-    ([1.0, 6.0], [1.5, 3.5])
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> from cmo_rl.meta import PIDMetaOptimizer
+        >>> opt = PIDMetaOptimizer(normalize_grads=False, init_etaR=0.5)
+        >>> theta = TensorDict(w=torch.tensor([[1.0], [2.0]]), batch_size=[2])
+        >>> out = batched_inner_step(
+        ...     opt, lambda p, d: ((p["w"] * d["x"]).sum(), torch.zeros(())), theta,
+        ...     torch.zeros(2), torch.stack([opt.init_state(theta[0])] * 2),
+        ...     TensorDict(x=torch.tensor([[1.0], [3.0]]), batch_size=[2]), cost_limit=1.0)
+        >>> out.return_estimate.tolist(), out.params["w"].squeeze(-1).tolist()  # w + 0.5 x
+        ([1.0, 6.0], [1.5, 3.5])
     """
 
     params: TensorDictBase
@@ -165,25 +168,28 @@ def batched_inner_step(
         state: stacked meta-optimizer states, batch size ``[B]``.
         data: stacked round data, batch size ``[B]`` (the per-task slice is passed to
             ``estimates``).
-        cost_limit, violation_scale: ``d`` and ``s`` of ``e = (J_C - d) / s``.
+        cost_limit: ``d`` of ``e = (J_C - d) / s``.
+        violation_scale: ``s`` of ``e = (J_C - d) / s``.
         differentiable: keep the meta-graph (``create_graph`` semantics).
         chunk_size: ``torch.func.vmap``'s ``chunk_size`` (tasks per vectorised chunk; ``None``:
             all at once), to bound memory.
 
-    >>> from tensordict import TensorDict
-    >>> from cmo_rl.meta import PIDMetaOptimizer
-    >>> from cmo_rl.meta.functional import _example_rollout, params_of
-    >>> actor, batches = _example_rollout(stack=3)  # a MockCMDP actor, 3 tasks' [2, 3] rollouts
-    >>> opt = PIDMetaOptimizer(init_lambda=0.2)
-    >>> batches["advantage"] = batches["cost_advantage"] = torch.randn(3, 2, 3, 1)
-    >>> data = TensorDict(batch=batches, episode_return=torch.zeros(3),
-    ...                   episode_cost=torch.tensor([1.0, 2.0, 3.0]), batch_size=[3])
-    >>> theta = torch.stack([params_of(actor)] * 3)
-    >>> out = batched_inner_step(opt, data_surrogate(actor, horizon=3), theta,
-    ...                          torch.full((3,), 0.2), torch.stack([opt.init_state(theta[0])] * 3),
-    ...                          data, cost_limit=2.0, violation_scale=2.0)
-    >>> out.violation.tolist(), out.params.batch_size, out.lagrange_multiplier.requires_grad
-    ([-0.5, 0.0, 0.5], torch.Size([3]), True)
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> from cmo_rl.meta import PIDMetaOptimizer
+        >>> from cmo_rl.meta.functional import _example_rollout, params_of
+        >>> actor, batches = _example_rollout(stack=3)  # a MockCMDP actor, 3 tasks' [2, 3] rollouts
+        >>> opt = PIDMetaOptimizer(init_lambda=0.2)
+        >>> batches["advantage"] = batches["cost_advantage"] = torch.randn(3, 2, 3, 1)
+        >>> data = TensorDict(batch=batches, episode_return=torch.zeros(3),
+        ...                   episode_cost=torch.tensor([1.0, 2.0, 3.0]), batch_size=[3])
+        >>> theta = torch.stack([params_of(actor)] * 3)
+        >>> state = torch.stack([opt.init_state(theta[0])] * 3)
+        >>> out = batched_inner_step(opt, data_surrogate(actor, episode_length=3), theta,
+        ...                          torch.full((3,), 0.2), state, data, cost_limit=2.0,
+        ...                          violation_scale=2.0)
+        >>> out.violation.tolist(), out.params.batch_size, out.lagrange_multiplier.requires_grad
+        ([-0.5, 0.0, 0.5], torch.Size([3]), True)
     """
     if params.batch_dims < 1:
         raise ValueError(

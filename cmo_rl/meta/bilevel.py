@@ -3,7 +3,7 @@
 Read top to bottom: what a problem provides (:class:`InnerRound`, :class:`InnerProblem`), the
 violation and the meta-objective, one inner step, the truncated unroll, the bilevel objective.
 
-Inner loop (one task), for ``k = 0 .. K-1``:
+Inner loop (one task), for ``k = 0 .. K-1`` (``K = inner_rollouts``):
 
 .. math::
 
@@ -74,13 +74,14 @@ class InnerRound:
         metrics: measured diagnostics of the round (floats), e.g. ``"return"``, ``"cost"``,
             ``"time/collect"``.
 
-    >>> from cmo_rl.meta.problems import ContextualBanditCMDP
-    >>> task = ContextualBanditCMDP.sample(seed=0)
-    >>> theta = task.init_params()
-    >>> rnd = task.sample_round(theta)  # an InnerRound
-    >>> j_r, j_c = rnd.estimates(theta)  # at the sampling parameters: the measured values
-    >>> {k: round(v, 2) for k, v in rnd.metrics.items()}, round(float(j_c), 2)
-    ({'return': 5.12, 'cost': 5.21}, 5.21)
+    Examples:
+        >>> from cmo_rl.meta.problems import ContextualBanditCMDP
+        >>> task = ContextualBanditCMDP.sample(seed=0)
+        >>> theta = task.init_params()
+        >>> rnd = task.sample_round(theta)  # an InnerRound
+        >>> j_r, j_c = rnd.estimates(theta)  # at the sampling parameters: the measured values
+        >>> {k: round(v, 2) for k, v in rnd.metrics.items()}, round(float(j_c), 2)
+        ({'return': 5.12, 'cost': 5.21}, 5.21)
     """
 
     estimates: Estimates
@@ -102,8 +103,9 @@ class InnerProblem(Protocol):
 def default_violation_scale(cost_limit: float) -> float:
     """``s`` in ``e = (J_C - d) / s``: the cost limit when positive (a relative violation), else 1.
 
-    >>> default_violation_scale(25.0), default_violation_scale(0.0)
-    (25.0, 1.0)
+    Examples:
+        >>> default_violation_scale(25.0), default_violation_scale(0.0)
+        (25.0, 1.0)
     """
     return float(cost_limit) if cost_limit > 0 else 1.0
 
@@ -111,8 +113,9 @@ def default_violation_scale(cost_limit: float) -> float:
 def violation(cost: Tensor, cost_limit: float, scale: float) -> Tensor:
     """``e = (J_C - d) / s`` (differentiable in ``cost``).
 
-    >>> violation(torch.tensor(30.0), 25.0, 25.0)
-    tensor(0.2000)
+    Examples:
+        >>> violation(torch.tensor(30.0), 25.0, 25.0)
+        tensor(0.2000)
     """
     if scale <= 0:
         raise ValueError(f"violation scale must be > 0, got {scale}")
@@ -122,10 +125,11 @@ def violation(cost: Tensor, cost_limit: float, scale: float) -> Tensor:
 def meta_objective(ret: Tensor, cost: Tensor, *, cost_limit: float, mu: float) -> Tensor:
     """``M = J_R - mu * max(0, J_C - d)`` (to be maximised).
 
-    >>> meta_objective(torch.tensor(10.0), torch.tensor(30.0), cost_limit=25.0, mu=2.0)
-    tensor(0.)
-    >>> meta_objective(torch.tensor(10.0), torch.tensor(20.0), cost_limit=25.0, mu=2.0)
-    tensor(10.)
+    Examples:
+        >>> meta_objective(torch.tensor(10.0), torch.tensor(30.0), cost_limit=25.0, mu=2.0)
+        tensor(0.)
+        >>> meta_objective(torch.tensor(10.0), torch.tensor(20.0), cost_limit=25.0, mu=2.0)
+        tensor(10.)
     """
     return ret - mu * (cost - cost_limit).clamp_min(0.0)
 
@@ -159,14 +163,15 @@ def inner_step(
     Returns ``(theta_{k+1}, lambda_{k+1}, s_{k+1}, record)`` with ``record`` holding floats:
     ``return_estimate``, ``cost_estimate``, ``violation``, ``lambda`` (the new multiplier).
 
-    >>> from cmo_rl.meta import ContextualBanditCMDP, PIDMetaOptimizer
-    >>> task, opt = ContextualBanditCMDP.sample(seed=0), PIDMetaOptimizer()
-    >>> theta = task.init_params()
-    >>> theta1, lam1, state1, record = inner_step(
-    ...     opt, task.sample_round(theta).estimates, theta, opt.init_multiplier(theta),
-    ...     opt.init_state(theta), cost_limit=3.0, violation_scale=3.0, differentiable=True)
-    >>> round(record["violation"], 3), lam1.requires_grad  # (5.205 - 3) / 3; on the meta-graph
-    (0.735, True)
+    Examples:
+        >>> from cmo_rl.meta import ContextualBanditCMDP, PIDMetaOptimizer
+        >>> task, opt = ContextualBanditCMDP.sample(seed=0), PIDMetaOptimizer()
+        >>> theta = task.init_params()
+        >>> theta1, lam1, state1, record = inner_step(
+        ...     opt, task.sample_round(theta).estimates, theta, opt.init_multiplier(theta),
+        ...     opt.init_state(theta), cost_limit=3.0, violation_scale=3.0, differentiable=True)
+        >>> round(record["violation"], 3), lam1.requires_grad  # (5.205 - 3) / 3; on the meta-graph
+        (0.735, True)
     """
     params = require_grad(params)
     (j_r, j_c), (g_r, g_c) = values_and_grads(estimates, params, create_graph=differentiable)
@@ -193,11 +198,12 @@ class UnrollResult:
     """End of an unroll: ``theta_K``, ``lambda_K``, ``s_K`` and one record per round (floats:
     the problem's measured metrics, the estimates, violation, new lambda, timings).
 
-    >>> from cmo_rl.meta import ContextualBanditCMDP, PIDMetaOptimizer
-    >>> result = unroll(PIDMetaOptimizer(), ContextualBanditCMDP.sample(seed=0), inner_steps=3,
-    ...                 unroll_steps=1, cost_limit=3.0, differentiable=False)
-    >>> sorted(result.state.keys()), len(result.rounds), result.params["weight"].shape
-    (['integral', 'prev_violation'], 3, torch.Size([4, 3]))
+    Examples:
+        >>> from cmo_rl.meta import ContextualBanditCMDP, PIDMetaOptimizer
+        >>> result = unroll(PIDMetaOptimizer(), ContextualBanditCMDP.sample(seed=0),
+        ...                 inner_rollouts=3, unroll_steps=1, cost_limit=3.0, differentiable=False)
+        >>> sorted(result.state.keys()), len(result.rounds), result.params["weight"].shape
+        (['integral', 'prev_violation'], 3, torch.Size([4, 3]))
     """
 
     params: TensorDictBase
@@ -210,48 +216,49 @@ def unroll(
     meta_opt: MetaOptimizer,
     problem: InnerProblem,
     *,
-    inner_steps: int,
+    inner_rollouts: int,
     unroll_steps: int,
     cost_limit: float,
     violation_scale: float | None = None,
     differentiable: bool = True,
     callback: RoundCallback | None = None,
 ) -> UnrollResult:
-    """Train a fresh policy on ``problem`` for ``inner_steps`` rounds with ``meta_opt``.
+    """Train a fresh policy on ``problem`` for ``inner_rollouts`` rounds with ``meta_opt``.
 
     The last ``unroll_steps`` updates are differentiable (window start: ``theta``, ``lambda``,
     state detached); with ``differentiable=False`` none are (meta-testing a frozen optimizer).
     ``callback(k, record, params)`` runs after round ``k``'s update with that round's record
     (what :attr:`UnrollResult.rounds` keeps) and ``theta_{k+1}`` (per-round logging, evaluation).
 
-    >>> from cmo_rl.meta import ContextualBanditCMDP, PIDMetaOptimizer
-    >>> opt = PIDMetaOptimizer(init_etaR=0.1, init_etaC=0.1)
-    >>> result = unroll(opt, ContextualBanditCMDP.sample(seed=0), inner_steps=4, unroll_steps=2,
-    ...                 cost_limit=3.0)
-    >>> [round(r["cost"], 2) for r in result.rounds]  # above d = 3 all along ...
-    [5.21, 5.4, 5.58, 5.74]
-    >>> [round(r["lambda"], 3) for r in result.rounds]  # ... so lambda rises
-    [0.075, 0.088, 0.105, 0.123]
-    >>> result.lagrange_multiplier.requires_grad  # the last 2 updates are on the meta-graph
-    True
-    >>> seen = []
-    >>> _ = unroll(opt, ContextualBanditCMDP.sample(seed=0), inner_steps=2, unroll_steps=0,
-    ...            cost_limit=3.0, differentiable=False,
-    ...            callback=lambda k, record, params: seen.append((k, round(record["cost"], 2))))
-    >>> seen
-    [(0, 5.21), (1, 5.4)]
+    Examples:
+        >>> from cmo_rl.meta import ContextualBanditCMDP, PIDMetaOptimizer
+        >>> opt = PIDMetaOptimizer(init_etaR=0.1, init_etaC=0.1)
+        >>> result = unroll(opt, ContextualBanditCMDP.sample(seed=0), inner_rollouts=4,
+        ...                 unroll_steps=2, cost_limit=3.0)
+        >>> [round(r["cost"], 2) for r in result.rounds]  # above d = 3 all along ...
+        [5.21, 5.4, 5.58, 5.74]
+        >>> [round(r["lambda"], 3) for r in result.rounds]  # ... so lambda rises
+        [0.075, 0.088, 0.105, 0.123]
+        >>> result.lagrange_multiplier.requires_grad  # the last 2 updates are on the meta-graph
+        True
+        >>> seen = []
+        >>> _ = unroll(opt, ContextualBanditCMDP.sample(seed=0), inner_rollouts=2, unroll_steps=0,
+        ...            cost_limit=3.0, differentiable=False,
+        ...            callback=lambda k, record, _: seen.append((k, round(record["cost"], 2))))
+        >>> seen
+        [(0, 5.21), (1, 5.4)]
     """
-    if inner_steps < 1:
-        raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
+    if inner_rollouts < 1:
+        raise ValueError(f"inner_rollouts must be >= 1, got {inner_rollouts}")
     if differentiable and unroll_steps < 1:
         raise ValueError(f"unroll_steps must be >= 1 to get a meta-gradient, got {unroll_steps}")
     scale = default_violation_scale(cost_limit) if violation_scale is None else violation_scale
     params = detach_params(problem.init_params())
     lam = meta_opt.init_multiplier(params)
     state = meta_opt.init_state(params)
-    window_start = max(0, inner_steps - unroll_steps) if differentiable else inner_steps
+    window_start = max(0, inner_rollouts - unroll_steps) if differentiable else inner_rollouts
     rounds = []
-    for k in range(inner_steps):
+    for k in range(inner_rollouts):
         if k == window_start:  # truncation: the meta-gradient starts here
             params, lam, state = detach_params(params), lam.detach(), state.detach()
         _sync(params)
@@ -283,12 +290,14 @@ def unroll(
 class BilevelResult:
     """The meta-objective of one task (a differentiable scalar) and what produced it.
 
-    >>> from cmo_rl.meta import ContextualBanditCMDP, PIDMetaOptimizer
-    >>> res = bilevel_objective(PIDMetaOptimizer(), ContextualBanditCMDP.sample(seed=0),
-    ...                         inner_steps=2, unroll_steps=2, cost_limit=3.0, mu=5.0)
-    >>> penalty = 5.0 * (res.cost_estimate - 3.0).clamp_min(0.0)
-    >>> bool(torch.isclose(res.objective, res.return_estimate - penalty)), len(res.unroll.rounds)
-    (True, 2)
+    Examples:
+        >>> from cmo_rl.meta import ContextualBanditCMDP, PIDMetaOptimizer
+        >>> res = bilevel_objective(PIDMetaOptimizer(), ContextualBanditCMDP.sample(seed=0),
+        ...                         inner_rollouts=2, unroll_steps=2, cost_limit=3.0, mu=5.0)
+        >>> penalty = 5.0 * (res.cost_estimate - 3.0).clamp_min(0.0)
+        >>> expected = res.return_estimate - penalty
+        >>> bool(torch.isclose(res.objective, expected)), len(res.unroll.rounds)
+        (True, 2)
     """
 
     objective: Tensor
@@ -302,7 +311,7 @@ def bilevel_objective(
     meta_opt: MetaOptimizer,
     problem: InnerProblem,
     *,
-    inner_steps: int,
+    inner_rollouts: int,
     unroll_steps: int,
     cost_limit: float,
     mu: float,
@@ -311,18 +320,19 @@ def bilevel_objective(
     """Unroll ``meta_opt`` on ``problem``, then score ``theta_K`` on a fresh round:
     ``M = J_R(theta_K) - mu * max(0, J_C(theta_K) - d)``; ``-M`` is the meta-loss.
 
-    >>> from cmo_rl.meta import ContextualBanditCMDP, PIDMetaOptimizer
-    >>> opt = PIDMetaOptimizer()
-    >>> res = bilevel_objective(opt, ContextualBanditCMDP.sample(seed=0), inner_steps=4,
-    ...                         unroll_steps=2, cost_limit=3.0, mu=5.0)
-    >>> (-res.objective).backward()  # the meta-gradient reaches all five gains
-    >>> all(float(p.grad) != 0.0 for p in opt.parameters())
-    True
+    Examples:
+        >>> from cmo_rl.meta import ContextualBanditCMDP, PIDMetaOptimizer
+        >>> opt = PIDMetaOptimizer()
+        >>> res = bilevel_objective(opt, ContextualBanditCMDP.sample(seed=0), inner_rollouts=4,
+        ...                         unroll_steps=2, cost_limit=3.0, mu=5.0)
+        >>> (-res.objective).backward()  # the meta-gradient reaches all five gains
+        >>> all(float(p.grad) != 0.0 for p in opt.parameters())
+        True
     """
     result = unroll(
         meta_opt,
         problem,
-        inner_steps=inner_steps,
+        inner_rollouts=inner_rollouts,
         unroll_steps=unroll_steps,
         cost_limit=cost_limit,
         violation_scale=violation_scale,

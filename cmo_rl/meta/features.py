@@ -47,11 +47,12 @@ def preprocess_gradient(grad: Tensor, k: float = 10.0) -> Tensor:
     Differentiable in ``grad`` where it matters (the ``e^k g`` branch and the log magnitude);
     no NaNs at ``g = 0``.
 
-    >>> preprocess_gradient(torch.tensor([1.0, -math.exp(-5.0), 0.0, 1e-6]))
-    tensor([[ 0.0000,  1.0000],
-            [-0.5000, -1.0000],
-            [-1.0000,  0.0000],
-            [-1.0000,  0.0220]])
+    Examples:
+        >>> preprocess_gradient(torch.tensor([1.0, -math.exp(-5.0), 0.0, 1e-6]))
+        tensor([[ 0.0000,  1.0000],
+                [-0.5000, -1.0000],
+                [-1.0000,  0.0000],
+                [-1.0000,  0.0220]])
     """
     if k <= 0:
         raise ValueError(f"k must be > 0, got {k}")
@@ -67,8 +68,9 @@ def squash(x: Tensor) -> Tensor:
     """``asinh(x)``: identity-like near 0 (slope 1, so gradients pass at ``x = 0``),
     ``sign(x) log(2|x|)`` for large ``|x|``.
 
-    >>> squash(torch.tensor([-1.0, 0.0, 100.0]))
-    tensor([-0.8814,  0.0000,  5.2983])
+    Examples:
+        >>> squash(torch.tensor([-1.0, 0.0, 100.0]))
+        tensor([-0.8814,  0.0000,  5.2983])
     """
     return torch.asinh(x)
 
@@ -83,10 +85,11 @@ def coordinate_features(
 ) -> Tensor:
     """Per-coordinate features ``[n, 9]`` from flat vectors ``[n]`` and scalars.
 
-    >>> f = coordinate_features(torch.zeros(3), torch.ones(3), -torch.ones(3),
-    ...                         torch.tensor(1.0), torch.tensor(0.5))
-    >>> f.shape, f[0, 4:6].tolist()  # pre(g_R - lambda g_C) = pre(2)
-    (torch.Size([3, 9]), [0.06931471824645996, 1.0])
+    Examples:
+        >>> f = coordinate_features(torch.zeros(3), torch.ones(3), -torch.ones(3),
+        ...                         torch.tensor(1.0), torch.tensor(0.5))
+        >>> f.shape, f[0, 4:6].tolist()  # pre(g_R - lambda g_C) = pre(2)
+        (torch.Size([3, 9]), [0.06931471824645996, 1.0])
     """
     n = param.shape[0]
     if param.dim() != 1 or grad_reward.shape != param.shape or grad_cost.shape != param.shape:
@@ -114,9 +117,10 @@ def constraint_features(
     """Features ``[4]`` of the multiplier head: ``squash`` of ``(e_k, e_k - e_{k-1}, lambda_k,
     I_{k+1})``.
 
-    >>> constraint_features(torch.tensor(1.0), torch.tensor(0.0), torch.tensor(0.0),
-    ...                     torch.tensor(1.0))
-    tensor([0.8814, 0.8814, 0.0000, 0.8814])
+    Examples:
+        >>> constraint_features(torch.tensor(1.0), torch.tensor(0.0), torch.tensor(0.0),
+        ...                     torch.tensor(1.0))
+        tensor([0.8814, 0.8814, 0.0000, 0.8814])
     """
     return squash(
         torch.stack([violation, violation - prev_violation, lagrange_multiplier, integral])

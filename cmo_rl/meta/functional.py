@@ -55,17 +55,18 @@ def swapped_params(params: TensorDictBase, module: nn.Module) -> Iterator[nn.Mod
     is not permitted`` instead, hiding the original exception. This wrapper restores the module's
     own parameters on exit either way and re-raises the original exception unchanged.
 
-    >>> layer = torch.nn.Linear(2, 1)
-    >>> zeros = params_of(layer).zero_()
-    >>> with swapped_params(zeros, layer):
-    ...     float(layer(torch.ones(2)).sum())
-    0.0
-    >>> try:
-    ...     with swapped_params(zeros, layer):
-    ...         raise KeyboardInterrupt
-    ... except KeyboardInterrupt:
-    ...     print("original exception kept")
-    original exception kept
+    Examples:
+        >>> layer = torch.nn.Linear(2, 1)
+        >>> zeros = params_of(layer).zero_()
+        >>> with swapped_params(zeros, layer):
+        ...     float(layer(torch.ones(2)).sum())
+        0.0
+        >>> try:
+        ...     with swapped_params(zeros, layer):
+        ...         raise KeyboardInterrupt
+        ... except KeyboardInterrupt:
+        ...     print("original exception kept")
+        original exception kept
     """
     context = params.to_module(module, preserve_module_state=False)
     context.__enter__()
@@ -80,9 +81,10 @@ def params_of(module: nn.Module) -> TensorDict:
 
     The copy is detached from ``module`` (updating it never touches the module).
 
-    >>> params = params_of(torch.nn.Linear(3, 2))
-    >>> sorted(params.keys()), params["weight"].shape
-    (['bias', 'weight'], torch.Size([2, 3]))
+    Examples:
+        >>> params = params_of(torch.nn.Linear(3, 2))
+        >>> sorted(params.keys()), params["weight"].shape
+        (['bias', 'weight'], torch.Size([2, 3]))
     """
     return TensorDict.from_module(module).detach().clone().unlock_()
 
@@ -90,9 +92,10 @@ def params_of(module: nn.Module) -> TensorDict:
 def detach_params(params: TensorDictBase) -> TensorDictBase:
     """Cut ``params`` from the graph: same values, no history, no ``requires_grad``.
 
-    >>> p = TensorDict(w=torch.ones(2, requires_grad=True) * 2)
-    >>> detach_params(p)["w"].requires_grad
-    False
+    Examples:
+        >>> p = TensorDict(w=torch.ones(2, requires_grad=True) * 2)
+        >>> detach_params(p)["w"].requires_grad
+        False
     """
     return params.detach()
 
@@ -102,9 +105,10 @@ def require_grad(params: TensorDictBase) -> TensorDictBase:
     differentiable update) are kept as they are; the others become fresh detached leaves with
     ``requires_grad=True``.
 
-    >>> p = require_grad(TensorDict(w=torch.ones(2)))
-    >>> p["w"].requires_grad, p["w"].is_leaf
-    (True, True)
+    Examples:
+        >>> p = require_grad(TensorDict(w=torch.ones(2)))
+        >>> p["w"].requires_grad, p["w"].is_leaf
+        (True, True)
     """
     return params.apply(lambda t: t if t.requires_grad else t.detach().requires_grad_(True))
 
@@ -116,8 +120,9 @@ def _leaf_keys(params: TensorDictBase) -> list:
 def num_coordinates(params: TensorDictBase) -> int:
     """Total number of scalar entries in ``params``.
 
-    >>> num_coordinates(params_of(torch.nn.Linear(3, 2)))
-    8
+    Examples:
+        >>> num_coordinates(params_of(torch.nn.Linear(3, 2)))
+        8
     """
     return sum(params.get(k).numel() for k in _leaf_keys(params))
 
@@ -127,9 +132,10 @@ def flatten_params(params: TensorDictBase) -> Tensor:
 
     Differentiable; :func:`unflatten_params` inverts it.
 
-    >>> p = TensorDict(b=torch.tensor([1.0, 2.0]), a=torch.tensor([[3.0]]))
-    >>> flatten_params(p)
-    tensor([3., 1., 2.])
+    Examples:
+        >>> p = TensorDict(b=torch.tensor([1.0, 2.0]), a=torch.tensor([[3.0]]))
+        >>> flatten_params(p)
+        tensor([3., 1., 2.])
     """
     keys = _leaf_keys(params)
     if not keys:
@@ -141,9 +147,10 @@ def unflatten_params(vector: Tensor, like: TensorDictBase) -> TensorDict:
     """Split ``vector`` ``[n]`` into a TensorDict shaped like ``like`` (inverse of
     :func:`flatten_params`; differentiable).
 
-    >>> like = TensorDict(b=torch.zeros(2), a=torch.zeros(1, 1))
-    >>> unflatten_params(torch.tensor([3.0, 1.0, 2.0]), like)["a"]
-    tensor([[3.]])
+    Examples:
+        >>> like = TensorDict(b=torch.zeros(2), a=torch.zeros(1, 1))
+        >>> unflatten_params(torch.tensor([3.0, 1.0, 2.0]), like)["a"]
+        tensor([[3.]])
     """
     keys = _leaf_keys(like)
     n = sum(like.get(k).numel() for k in keys)
@@ -162,8 +169,9 @@ def unflatten_params(vector: Tensor, like: TensorDictBase) -> TensorDict:
 def global_rms(tensors: TensorDictBase, eps: float = 0.0) -> Tensor:
     """Root-mean-square over every coordinate of every leaf: ``sqrt(sum g^2 / n + eps)``.
 
-    >>> global_rms(TensorDict(a=torch.tensor([3.0]), b=torch.tensor([4.0, 0.0])))
-    tensor(2.8868)
+    Examples:
+        >>> global_rms(TensorDict(a=torch.tensor([3.0]), b=torch.tensor([4.0, 0.0])))
+        tensor(2.8868)
     """
     keys = _leaf_keys(tensors)
     total = sum(tensors.get(k).pow(2).sum() for k in keys)
@@ -188,10 +196,11 @@ def values_and_grads(
         ``(values, grads)``: the scalars, and one TensorDict of gradients per scalar, each
         shaped like ``params``.
 
-    >>> p = TensorDict(w=torch.tensor([1.0, 2.0]))
-    >>> (f, g), (df, dg) = values_and_grads(lambda q: ((q["w"] ** 2).sum(), q["w"].sum()), p)
-    >>> f, df["w"], dg["w"]
-    (tensor(5., grad_fn=<SumBackward0>), tensor([2., 4.]), tensor([1., 1.]))
+    Examples:
+        >>> p = TensorDict(w=torch.tensor([1.0, 2.0]))
+        >>> (f, g), (df, dg) = values_and_grads(lambda q: ((q["w"] ** 2).sum(), q["w"].sum()), p)
+        >>> f, df["w"], dg["w"]
+        (tensor(5., grad_fn=<SumBackward0>), tensor([2., 4.]), tensor([1., 1.]))
     """
     with torch.enable_grad():  # gradients are the point, even inside a no_grad caller
         params = require_grad(params)
@@ -233,8 +242,9 @@ def grad_of(
 ) -> TensorDict:
     """Gradient of the scalar ``fn(params)`` w.r.t. ``params``, as a TensorDict like ``params``.
 
-    >>> grad_of(lambda q: (q["w"] ** 3).sum(), TensorDict(w=torch.tensor([1.0, 2.0])))["w"]
-    tensor([ 3., 12.])
+    Examples:
+        >>> grad_of(lambda q: (q["w"] ** 3).sum(), TensorDict(w=torch.tensor([1.0, 2.0])))["w"]
+        tensor([ 3., 12.])
     """
     _, (grad,) = values_and_grads(lambda q: (fn(q),), params, create_graph=create_graph)
     return grad
@@ -262,15 +272,16 @@ def log_prob_of(actor: nn.Module, params: TensorDictBase, batch: TensorDictBase)
     ``actor`` is a TorchRL ``ProbabilisticActor`` (anything with ``get_dist(td)``); it is run
     with ``params`` swapped in, on a shallow copy of ``batch`` (the batch is not modified).
 
-    >>> from cmo_rl.modules import make_actor
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
-    >>> actor = make_actor(env, hidden_layers=(4,))
-    >>> with torch.no_grad():
-    ...     batch = env.rollout(3, actor)
-    >>> log_prob = log_prob_of(actor, params_of(actor), batch)
-    >>> log_prob.shape, bool(torch.allclose(log_prob, batch["action_log_prob"]))
-    (torch.Size([2, 3]), True)
+    Examples:
+        >>> from cmo_rl.modules import make_actor
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
+        >>> actor = make_actor(env, hidden_layers=(4,))
+        >>> with torch.no_grad():
+        ...     batch = env.rollout(3, actor)
+        >>> log_prob = log_prob_of(actor, params_of(actor), batch)
+        >>> log_prob.shape, bool(torch.allclose(log_prob, batch["action_log_prob"]))
+        (torch.Size([2, 3]), True)
     """
     with swapped_params(params, actor):
         dist = actor.get_dist(batch.copy())
@@ -287,7 +298,7 @@ def surrogate_estimates(
     *,
     episode_return: Tensor | float,
     episode_cost: Tensor | float,
-    horizon: int,
+    episode_length: int,
     advantage_key: str = "advantage",
     cost_advantage_key: str = "cost_advantage",
     log_prob_key: str = "action_log_prob",
@@ -310,29 +321,32 @@ def surrogate_estimates(
         batch: collected data, any batch shape, with ``action``, ``log_prob_key`` (the sampling
             policy's log-prob), ``advantage_key``, ``cost_advantage_key`` (``[*B, 1]`` or ``[*B]``)
             and the actor's input keys.
-        episode_return, episode_cost: measured mean episode return / cost of the batch.
-        horizon: ``T``, steps per episode (scales the per-step mean to an episode total).
+        episode_return: measured mean episode return of the batch.
+        episode_cost: measured mean episode cost of the batch.
+        episode_length: ``T``, steps per episode (scales the per-step mean to an episode total).
 
     Returns:
         ``(J_R, J_C)``, scalars with ``params``'s graph.
 
-    >>> actor, batch = _example_rollout()  # the actor and rollout of log_prob_of's example
-    >>> batch["advantage"], batch["cost_advantage"] = torch.randn(2, 3, 1), torch.randn(2, 3, 1)
-    >>> (j_r, j_c), (g_r, g_c) = values_and_grads(lambda p: surrogate_estimates(
-    ...     actor, p, batch, episode_return=1.5, episode_cost=0.5, horizon=3), params_of(actor))
-    >>> round(float(j_r), 4), round(float(j_c), 4), bool(global_rms(g_r) > 0)  # rho = 1 here
-    (1.5, 0.5, True)
+    Examples:
+        >>> actor, batch = _example_rollout()  # the actor and rollout of log_prob_of's example
+        >>> batch["advantage"], batch["cost_advantage"] = torch.randn(2, 3, 1), torch.randn(2, 3, 1)
+        >>> (j_r, j_c), (g_r, g_c) = values_and_grads(lambda p: surrogate_estimates(
+        ...     actor, p, batch, episode_return=1.5, episode_cost=0.5, episode_length=3),
+        ...     params_of(actor))
+        >>> round(float(j_r), 4), round(float(j_c), 4), bool(global_rms(g_r) > 0)  # rho = 1 here
+        (1.5, 0.5, True)
     """
     for key in ("action", log_prob_key, advantage_key, cost_advantage_key):
         if key not in batch.keys(include_nested=True):
             raise ValueError(f"surrogate_estimates: batch has no {key!r} entry")
-    if horizon < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    if episode_length < 1:
+        raise ValueError(f"episode_length must be >= 1, got {episode_length}")
     ratio = (log_prob_of(actor, params, batch) - batch[log_prob_key].detach()).exp()
     advantage = batch[advantage_key].detach().reshape(batch.shape)
     cost_advantage = batch[cost_advantage_key].detach().reshape(batch.shape)
-    j_r = episode_return + horizon * ((ratio - 1.0) * advantage).mean()
-    j_c = episode_cost + horizon * ((ratio - 1.0) * cost_advantage).mean()
+    j_r = episode_return + episode_length * ((ratio - 1.0) * advantage).mean()
+    j_c = episode_cost + episode_length * ((ratio - 1.0) * cost_advantage).mean()
     return j_r, j_c
 
 
@@ -362,16 +376,18 @@ class MetaOptimizer(TensorDictModuleBase):
     so :math:`\\lambda = \\lambda_0`; the RMS-normalised reward gradient moves each coordinate
     by :math:`\\eta_R = 10^{-3}`):
 
-    >>> from cmo_rl.meta import PIDMetaOptimizer
-    >>> opt = PIDMetaOptimizer(init_lambda=0.5)
-    >>> theta = TensorDict(w=torch.zeros(2))
-    >>> td = TensorDict(params=theta, grad_reward=TensorDict(w=torch.tensor([2.0, -2.0])),
-    ...                 grad_cost=TensorDict(w=torch.zeros(2)), violation=torch.tensor(0.0),
-    ...                 lagrange_multiplier=opt.init_multiplier(theta), meta_state=opt.init_state(theta))
-    >>> with torch.no_grad():
-    ...     out = opt(td)
-    >>> [round(w, 6) for w in out["params", "w"].tolist()], float(out["lagrange_multiplier"])
-    ([0.001, -0.001], 0.5)
+    Examples:
+        >>> from cmo_rl.meta import PIDMetaOptimizer
+        >>> opt = PIDMetaOptimizer(init_lambda=0.5)
+        >>> theta = TensorDict(w=torch.zeros(2))
+        >>> td = TensorDict(params=theta, grad_reward=TensorDict(w=torch.tensor([2.0, -2.0])),
+        ...                 grad_cost=TensorDict(w=torch.zeros(2)), violation=torch.tensor(0.0),
+        ...                 lagrange_multiplier=opt.init_multiplier(theta),
+        ...                 meta_state=opt.init_state(theta))
+        >>> with torch.no_grad():
+        ...     out = opt(td)
+        >>> [round(w, 6) for w in out["params", "w"].tolist()], float(out["lagrange_multiplier"])
+        ([0.001, -0.001], 0.5)
     """
 
     in_keys = [

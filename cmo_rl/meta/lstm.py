@@ -56,10 +56,11 @@ class CoordinatewiseLSTM(nn.Module):
     every backend (cuDNN's fused RNN has no double backward). State ``h, c``: ``[layers, n,
     hidden]``. Forget-gate biases start at 1.
 
-    >>> cell = CoordinatewiseLSTM(3, 5, layers=2)
-    >>> out, h, c = cell(torch.zeros(7, 3), torch.zeros(2, 7, 5), torch.zeros(2, 7, 5))
-    >>> out.shape, h.shape
-    (torch.Size([7, 5]), torch.Size([2, 7, 5]))
+    Examples:
+        >>> cell = CoordinatewiseLSTM(3, 5, layers=2)
+        >>> out, h, c = cell(torch.zeros(7, 3), torch.zeros(2, 7, 5), torch.zeros(2, 7, 5))
+        >>> out.shape, h.shape
+        (torch.Size([7, 5]), torch.Size([2, 7, 5]))
     """
 
     def __init__(self, input_size: int, hidden_size: int, layers: int = 2) -> None:
@@ -105,16 +106,17 @@ class LSTMMetaOptimizer(MetaOptimizer):
     ``[lstm_layers, n, hidden_size]``; ``("meta_state", "integral")`` and
     ``("meta_state", "prev_violation")`` scalars.
 
-    >>> opt = LSTMMetaOptimizer(hidden_size=8, lstm_layers=2)
-    >>> theta = TensorDict(w=torch.zeros(3, 2), b=torch.zeros(3))
-    >>> state = opt.init_state(theta)
-    >>> state["h"].shape
-    torch.Size([2, 9, 8])
-    >>> theta1, lam1, state1 = opt.step(theta, theta.apply(torch.ones_like),
-    ...                                 theta.apply(torch.ones_like), opt.init_multiplier(theta),
-    ...                                 torch.tensor(0.5), state)
-    >>> theta1["w"].shape, bool(lam1 >= 0), state1["c"].shape
-    (torch.Size([3, 2]), True, torch.Size([2, 9, 8]))
+    Examples:
+        >>> opt = LSTMMetaOptimizer(hidden_size=8, lstm_layers=2)
+        >>> theta = TensorDict(w=torch.zeros(3, 2), b=torch.zeros(3))
+        >>> state = opt.init_state(theta)
+        >>> state["h"].shape
+        torch.Size([2, 9, 8])
+        >>> ones = theta.apply(torch.ones_like)
+        >>> theta1, lam1, state1 = opt.step(theta, ones, ones, opt.init_multiplier(theta),
+        ...                                 torch.tensor(0.5), state)
+        >>> theta1["w"].shape, bool(lam1 >= 0), state1["c"].shape
+        (torch.Size([3, 2]), True, torch.Size([2, 9, 8]))
     """
 
     def __init__(

@@ -1,8 +1,9 @@
 """What a meta-training run logs: one row per meta-iteration, windows of rows, the console line.
 
 :func:`iteration_metrics` turns :meth:`~cmo_rl.meta.trainer.MetaTrainer.meta_iteration`'s dict
-and its tasks (:attr:`~cmo_rl.meta.trainer.MetaTrainer.last_tasks`) into the names of
-``docs/metrics.md`` (``meta/return``, ``meta/return/<task>``, ``meta/violation``, ...);
+(already named as in ``docs/metrics.md``) and its tasks
+(:attr:`~cmo_rl.meta.trainer.MetaTrainer.last_tasks`) into one row (``meta/return``,
+``meta/return/<task>``, ``meta/violation``, ...);
 :class:`MetricWindow` reduces the rows between two logged ones; :func:`log_line` is the console
 summary of a logged row.
 """
@@ -20,42 +21,35 @@ if TYPE_CHECKING:
 
 __all__ = ["MetricWindow", "iteration_metrics", "log_line"]
 
-#: ``meta_iteration``'s names that ``docs/metrics.md`` calls otherwise.
-_RENAMED = {
-    "train/return": "meta/return",
-    "train/cost": "meta/cost",
-    "train/lambda": "meta/lambda",
-    "train/initial_return": "meta/initial_return",
-    "train/initial_cost": "meta/initial_cost",
-    "meta/skipped": "meta/skipped_updates",
-}
-
 
 def iteration_metrics(
     metrics: Mapping[str, float], tasks: Sequence[TaskOutcome], *, cost_limit: float
 ) -> dict[str, float]:
-    """``docs/metrics.md`` names of one meta-iteration: ``meta_iteration``'s ``metrics``
-    (renamed, without ``meta/iteration``), and of its ``tasks``: per task name the mean final
-    return and cost (``meta/return/<name>``, ``meta/cost/<name>``) and the mean violation
-    ``max(0, J_C - d)`` over all tasks (``meta/violation``).
+    """The row of one meta-iteration: ``meta_iteration``'s ``metrics`` (already named as in
+    ``docs/metrics.md``; ``meta/iteration`` left out, it is the row's ``step``), and of its
+    ``tasks``: per task name the mean final return and cost (``meta/return/<name>``,
+    ``meta/cost/<name>``, of the tasks' ``meta/return`` and ``meta/cost``) and the mean
+    violation ``max(0, J_C - d)`` over all tasks (``meta/violation``).
 
-    >>> from cmo_rl.meta.trainer import TaskOutcome
-    >>> tasks = [TaskOutcome("A", 1.0, 2.0, 0, {}), TaskOutcome("B", 3.0, 6.0, 0, {})]
-    >>> row = iteration_metrics({"meta/objective": 1.0, "train/return": 2.0, "train/cost": 4.0,
-    ...                          "train/lambda": 0.5, "meta/skipped": 0.0, "meta/iteration": 3.0},
-    ...                         tasks, cost_limit=3.0)
-    >>> row["meta/return"], row["meta/return/B"], row["meta/violation"], row["meta/skipped_updates"]
-    (2.0, 3.0, 1.5, 0.0)
+    Examples:
+        >>> from cmo_rl.meta.trainer import TaskOutcome
+        >>> tasks = [TaskOutcome("A", 0, {"meta/return": 1.0, "meta/cost": 2.0}),
+        ...          TaskOutcome("B", 0, {"meta/return": 3.0, "meta/cost": 6.0})]
+        >>> row = iteration_metrics({"meta/objective": 1.0, "meta/return": 2.0, "meta/cost": 4.0,
+        ...                          "meta/skipped_updates": 0.0, "meta/iteration": 3.0},
+        ...                         tasks, cost_limit=3.0)
+        >>> row["meta/return"], row["meta/return/B"], row["meta/violation"], "meta/iteration" in row
+        (2.0, 3.0, 1.5, False)
     """
-    row = {_RENAMED.get(k, k): float(v) for k, v in metrics.items() if k != "meta/iteration"}
-    per_task: dict[str, list[TaskOutcome]] = {}
+    row = {k: float(v) for k, v in metrics.items() if k != "meta/iteration"}
+    per_task: dict[str, list[Mapping[str, float]]] = {}
     for task in tasks:
-        per_task.setdefault(task.name, []).append(task)
+        per_task.setdefault(task.name, []).append(task.metrics)
     for name, mine in per_task.items():
-        row[f"meta/return/{name}"] = sum(t.final_return for t in mine) / len(mine)
-        row[f"meta/cost/{name}"] = sum(t.final_cost for t in mine) / len(mine)
+        row[f"meta/return/{name}"] = sum(m["meta/return"] for m in mine) / len(mine)
+        row[f"meta/cost/{name}"] = sum(m["meta/cost"] for m in mine) / len(mine)
     if tasks:
-        violations = [max(0.0, t.final_cost - cost_limit) for t in tasks]
+        violations = [max(0.0, t.metrics["meta/cost"] - cost_limit) for t in tasks]
         row["meta/violation"] = sum(violations) / len(tasks)
     return row
 
@@ -67,11 +61,12 @@ class MetricWindow:
     occurrences), the latest value for state-like names (PID gains, ``meta/lr``), the sum for
     ``meta/skipped_updates``. Its state goes into the checkpoint (weights-only safe).
 
-    >>> w = MetricWindow()
-    >>> w.add({"meta/objective": 1.0, "meta/KP": 0.1, "meta/skipped_updates": 1.0})
-    >>> w.add({"meta/objective": 3.0, "meta/KP": 0.2, "meta/skipped_updates": 0.0})
-    >>> w.flush()
-    {'meta/objective': 2.0, 'meta/KP': 0.2, 'meta/skipped_updates': 1.0}
+    Examples:
+        >>> w = MetricWindow()
+        >>> w.add({"meta/objective": 1.0, "meta/KP": 0.1, "meta/skipped_updates": 1.0})
+        >>> w.add({"meta/objective": 3.0, "meta/KP": 0.2, "meta/skipped_updates": 0.0})
+        >>> w.flush()
+        {'meta/objective': 2.0, 'meta/KP': 0.2, 'meta/skipped_updates': 1.0}
     """
 
     _LATEST = (*(f"meta/{g}" for g in PID_GAINS), "meta/lr")
@@ -109,8 +104,9 @@ class MetricWindow:
 def log_line(it: int, total: int, row: Mapping[str, float], cost_limit: float) -> str:
     """The console summary of the logged ``row`` of meta-iteration ``it`` of ``total``.
 
-    >>> log_line(3, 10, {"meta/objective": 1.5, "meta/cost": 2.0, "meta/KP": 0.08}, 1.0)
-    '[3/10]  objective 1.5  cost 2 (limit 1)  KP 0.08'
+    Examples:
+        >>> log_line(3, 10, {"meta/objective": 1.5, "meta/cost": 2.0, "meta/KP": 0.08}, 1.0)
+        '[3/10]  objective 1.5  cost 2 (limit 1)  KP 0.08'
     """
 
     def fmt(key: str, label: str) -> str:

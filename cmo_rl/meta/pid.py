@@ -43,9 +43,11 @@ class PIDMetaOptimizer(MetaOptimizer):
     """Learnable PID-Lagrangian update rule (see the module docstring for the math).
 
     Args:
-        init_KP, init_KI, init_KD: initial PID gains (> 0).
-        init_etaR, init_etaC: initial step sizes along the reward gradient and against the
-            lambda-weighted cost gradient (> 0).
+        init_KP: initial proportional gain (> 0).
+        init_KI: initial integral gain (> 0).
+        init_KD: initial derivative gain (> 0).
+        init_etaR: initial step size along the reward gradient (> 0).
+        init_etaC: initial step size against the lambda-weighted cost gradient (> 0).
         init_lambda: :math:`\\lambda_0`, the multiplier of every fresh inner run and the PID's
             offset (>= 0).
         normalize_grads: divide each gradient by its global RMS before the step.
@@ -54,15 +56,17 @@ class PIDMetaOptimizer(MetaOptimizer):
     State keys (batch size ``[]``): ``("meta_state", "integral")`` :math:`I_k` and
     ``("meta_state", "prev_violation")`` :math:`e_{k-1}`, both scalars.
 
-    >>> opt = PIDMetaOptimizer(init_KP=1.0, init_KI=0.5, init_KD=0.25, init_etaR=0.1,
-    ...                        init_etaC=0.2, init_lambda=0.0, normalize_grads=False)
-    >>> theta = TensorDict(w=torch.tensor([1.0, -1.0]))
-    >>> g_r, g_c = TensorDict(w=torch.tensor([1.0, 0.0])), TensorDict(w=torch.tensor([0.0, 1.0]))
-    >>> e = torch.tensor(2.0)  # I_1 = 2, lambda_1 = 1 * 2 + 0.5 * 2 + 0.25 * (2 - 0) = 3.5
-    >>> theta1, lam1, s1 = opt.step(theta, g_r, g_c, opt.init_multiplier(theta), e,
-    ...                             opt.init_state(theta))
-    >>> lam1.item(), [round(w, 5) for w in theta1["w"].tolist()]  # [1 + 0.1, -1 - 0.2 * 3.5]
-    (3.5, [1.1, -1.7])
+    Examples:
+        >>> opt = PIDMetaOptimizer(init_KP=1.0, init_KI=0.5, init_KD=0.25, init_etaR=0.1,
+        ...                        init_etaC=0.2, init_lambda=0.0, normalize_grads=False)
+        >>> theta = TensorDict(w=torch.tensor([1.0, -1.0]))
+        >>> g_r = TensorDict(w=torch.tensor([1.0, 0.0]))
+        >>> g_c = TensorDict(w=torch.tensor([0.0, 1.0]))
+        >>> e = torch.tensor(2.0)  # I_1 = 2, lambda_1 = 1 * 2 + 0.5 * 2 + 0.25 * (2 - 0) = 3.5
+        >>> theta1, lam1, s1 = opt.step(theta, g_r, g_c, opt.init_multiplier(theta), e,
+        ...                             opt.init_state(theta))
+        >>> lam1.item(), [round(w, 5) for w in theta1["w"].tolist()]  # [1 + 0.1, -1 - 0.2 * 3.5]
+        (3.5, [1.1, -1.7])
     """
 
     def __init__(

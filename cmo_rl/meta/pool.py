@@ -24,8 +24,9 @@ __all__ = ["TaskPool", "task_action_seed"]
 def task_action_seed(task_seed: int) -> int:
     """Seed of torch's RNG (action sampling) while :class:`TaskPool` runs the task ``task_seed``.
 
-    >>> task_action_seed(7) - task_action_seed(6)
-    1
+    Examples:
+        >>> task_action_seed(7) - task_action_seed(6)
+        1
     """
     return ACTION_SEED_SHIFT * 2 + int(task_seed)
 
@@ -91,16 +92,18 @@ class TaskPool:
         num_workers: worker processes (``0``: in this process).
         torch_threads: intra-op threads of each worker.
 
-    >>> import functools
-    >>> from cmo_rl.meta import MetaTrainer, RolloutTaskSampler, make_meta_optimizer
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> sampler = RolloutTaskSampler([functools.partial(MockCMDPEnv, episode_length=5)],
-    ...                              episode_length=5, vector_envs_per_task=2, hidden_layers=(8,))
-    >>> trainer = MetaTrainer(make_meta_optimizer("pid"), sampler, inner_rollouts=2,
-    ...                       unroll_steps=2, meta_batch_size=2, cost_limit=1.0, mu=1.0)
-    >>> trainer.task_runner = TaskPool(trainer, num_workers=0)
-    >>> trainer.meta_iteration()["meta/grad_norm"] > 0
-    True
+    Examples:
+        >>> import functools
+        >>> from cmo_rl.meta import MetaTrainer, RolloutTaskSampler, make_meta_optimizer
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> sampler = RolloutTaskSampler([functools.partial(MockCMDPEnv, episode_length=5)],
+        ...                              episode_length=5, vector_envs_per_task=2,
+        ...                              hidden_layers=(8,))
+        >>> trainer = MetaTrainer(make_meta_optimizer("pid"), sampler, inner_rollouts=2,
+        ...                       unroll_steps=2, meta_batch_size=2, cost_limit=1.0, mu=1.0)
+        >>> trainer.task_runner = TaskPool(trainer, num_workers=0)
+        >>> trainer.meta_iteration()["meta/grad_norm"] > 0
+        True
     """
 
     def __init__(self, trainer: MetaTrainer, num_workers: int, *, torch_threads: int = 1) -> None:

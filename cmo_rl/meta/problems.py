@@ -3,7 +3,7 @@
 Both implement :class:`cmo_rl.meta.bilevel.InnerProblem` (``init_params()``,
 ``sample_round(params)``).
 
-:class:`ContextualBanditCMDP` is a one-step CMDP repeated for ``horizon`` steps: a context
+:class:`ContextualBanditCMDP` is a one-step CMDP repeated for ``episode_length`` steps: a context
 ``s`` (one of ``S``, uniform) with features :math:`x_s \\in \\mathbb{R}^F`, ``A`` actions, a
 linear-softmax policy :math:`\\pi_\\theta(a|s) = \\mathrm{softmax}(W x_s + b)_a` (an
 ``nn.Linear(F, A)`` evaluated functionally) and
@@ -58,19 +58,21 @@ class ContextualBanditCMDP:
     """A contextual-bandit CMDP task with closed-form ``J_R``, ``J_C`` (see module docstring).
 
     Args:
-        reward, cost: ``[S, A]`` tables.
+        reward: ``[S, A]`` table of rewards.
+        cost: ``[S, A]`` table of costs.
         features: ``[S, F]`` context features.
-        horizon: ``T``, steps per episode (scales returns and costs).
+        episode_length: ``T``, steps per episode (scales returns and costs).
         init_std: std of the fresh policy's weights (bias starts at 0).
         seed: seed of :meth:`init_params`.
 
     Implements :class:`cmo_rl.meta.bilevel.InnerProblem`.
 
-    >>> task = ContextualBanditCMDP.sample(seed=0, dtype=torch.float64)
-    >>> theta = task.init_params()
-    >>> j_r, j_c = task.estimates(theta)
-    >>> bool(0 < j_c < j_r.new_tensor(task.horizon)), theta["weight"].shape
-    (True, torch.Size([4, 3]))
+    Examples:
+        >>> task = ContextualBanditCMDP.sample(seed=0, dtype=torch.float64)
+        >>> theta = task.init_params()
+        >>> j_r, j_c = task.estimates(theta)
+        >>> bool(0 < j_c < j_r.new_tensor(task.episode_length)), theta["weight"].shape
+        (True, torch.Size([4, 3]))
     """
 
     def __init__(
@@ -79,7 +81,7 @@ class ContextualBanditCMDP:
         cost: Tensor,
         features: Tensor,
         *,
-        horizon: float = 10.0,
+        episode_length: float = 10.0,
         init_std: float = 0.1,
         seed: int = 0,
     ) -> None:
@@ -92,10 +94,10 @@ class ContextualBanditCMDP:
             raise ValueError(
                 f"features must be [S, F] with S = {reward.shape[0]}, got {tuple(features.shape)}"
             )
-        if horizon <= 0:
-            raise ValueError(f"horizon must be > 0, got {horizon}")
+        if episode_length <= 0:
+            raise ValueError(f"episode_length must be > 0, got {episode_length}")
         self.reward, self.cost, self.features = reward, cost, features
-        self.horizon = float(horizon)
+        self.episode_length = float(episode_length)
         self.init_std = float(init_std)
         self.seed = int(seed)
         num_actions, feature_dim = reward.shape[1], features.shape[1]
@@ -109,7 +111,7 @@ class ContextualBanditCMDP:
         num_contexts: int = 8,
         num_actions: int = 4,
         feature_dim: int = 3,
-        horizon: float = 10.0,
+        episode_length: float = 10.0,
         init_std: float = 0.1,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
@@ -126,7 +128,7 @@ class ContextualBanditCMDP:
             reward.to(**to),
             cost.to(**to),
             features.to(**to),
-            horizon=horizon,
+            episode_length=episode_length,
             init_std=init_std,
             seed=seed,
         )
@@ -149,8 +151,8 @@ class ContextualBanditCMDP:
     def estimates(self, params: TensorDictBase) -> tuple[Tensor, Tensor]:
         """Exact ``(J_R, J_C)`` at ``params`` (differentiable scalars)."""
         probs = self.action_probs(params)
-        j_r = self.horizon * (probs * self.reward).sum(-1).mean()
-        j_c = self.horizon * (probs * self.cost).sum(-1).mean()
+        j_r = self.episode_length * (probs * self.reward).sum(-1).mean()
+        j_c = self.episode_length * (probs * self.cost).sum(-1).mean()
         return j_r, j_c
 
     def sample_round(self, params: TensorDictBase) -> InnerRound:
@@ -185,10 +187,13 @@ class RolloutCMDP:
         env: batched env (``batch_size=[B]``) with ``reward`` and ``cost`` in its reward spec.
         actor: a ``ProbabilisticActor`` writing ``action`` and ``action_log_prob``; its current
             parameters are the task's ``theta_0``.
-        critic, cost_critic: value operators writing ``state_value`` / ``cost_value``.
+        critic: value operator writing ``state_value``.
+        cost_critic: value operator writing ``cost_value``.
         episode_length: ``T``.
-        gamma, gae_lambda: GAE parameters.
-        critic_lr, critic_steps: the critics' Adam.
+        gamma: GAE discount.
+        gae_lambda: GAE lambda.
+        critic_lr: the critics' Adam learning rate.
+        critic_steps: the critics' Adam steps per round.
 
     Metrics of a round: ``return``, ``cost`` (measured), ``time/collect``, ``time/gae``.
 
@@ -198,15 +203,17 @@ class RolloutCMDP:
     ``action_log_prob``, as in :class:`~cmo_rl.objectives.LagrangianPPOLoss`). :meth:`set_keys`
     renames them here and in the task's ``reward_gae``, ``cost_gae`` and ``critic_loss``.
 
-    >>> from cmo_rl.modules import actor_critic_from_env
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> env = MockCMDPEnv(num_envs=4, episode_length=5, seed=0)
-    >>> task = RolloutCMDP(env, *actor_critic_from_env(env, hidden_layers=(8,)), episode_length=5)
-    >>> theta = task.init_params()
-    >>> rnd = task.sample_round(theta)
-    >>> j_r, j_c = rnd.estimates(theta)  # differentiable in theta; the measured cost at theta_k
-    >>> sorted(rnd.metrics), abs(float(j_c) - rnd.metrics["cost"]) < 1e-5
-    (['cost', 'return', 'time/collect', 'time/gae'], True)
+    Examples:
+        >>> from cmo_rl.modules import actor_critic_from_env
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> env = MockCMDPEnv(num_envs=4, episode_length=5, seed=0)
+        >>> actor, critic, cost_critic = actor_critic_from_env(env, hidden_layers=(8,))
+        >>> task = RolloutCMDP(env, actor, critic, cost_critic, episode_length=5)
+        >>> theta = task.init_params()
+        >>> rnd = task.sample_round(theta)
+        >>> j_r, j_c = rnd.estimates(theta)  # differentiable in theta; the measured cost at theta_k
+        >>> sorted(rnd.metrics), abs(float(j_c) - rnd.metrics["cost"]) < 1e-5
+        (['cost', 'return', 'time/collect', 'time/gae'], True)
     """
 
     def __init__(
@@ -273,13 +280,15 @@ class RolloutCMDP:
         """Rename keys (fields of ``_AcceptedKeys``; ``None`` restores a default), here and in
         ``reward_gae``, ``cost_gae`` and ``critic_loss``, exactly like ``LossModule.set_keys``.
 
-        >>> from cmo_rl.modules import actor_critic_from_env
-        >>> from cmo_rl.testing import MockCMDPEnv
-        >>> env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
-        >>> task = RolloutCMDP(env, *actor_critic_from_env(env, hidden_layers=(4,)), episode_length=3)
-        >>> task.set_keys(cost="penalty", cost_value_target="cost_target")
-        >>> task.cost_gae.tensor_keys.reward, task.critic_loss.tensor_keys.cost_value_target
-        ('penalty', 'cost_target')
+        Examples:
+            >>> from cmo_rl.modules import actor_critic_from_env
+            >>> from cmo_rl.testing import MockCMDPEnv
+            >>> env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
+            >>> modules = actor_critic_from_env(env, hidden_layers=(4,))
+            >>> task = RolloutCMDP(env, *modules, episode_length=3)
+            >>> task.set_keys(cost="penalty", cost_value_target="cost_target")
+            >>> task.cost_gae.tensor_keys.reward, task.critic_loss.tensor_keys.cost_value_target
+            ('penalty', 'cost_target')
         """
         accepted = {f.name for f in fields(self._AcceptedKeys)}
         for name, key in kwargs.items():
@@ -362,7 +371,7 @@ class RolloutCMDP:
                 data,
                 episode_return=episode_return,
                 episode_cost=episode_cost,
-                horizon=self.episode_length,
+                episode_length=self.episode_length,
                 advantage_key=keys.advantage,
                 cost_advantage_key=keys.cost_advantage,
                 log_prob_key=keys.sample_log_prob,

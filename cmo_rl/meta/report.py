@@ -3,22 +3,23 @@
 :func:`run_meta_test` runs the initial and the learned optimizer, frozen, on every training
 task and every held-out ``eval_env_ids`` task for the ``meta_test.seeds``
 (:func:`cmo_rl.meta.frozen.meta_test`, common random numbers), optionally adds the rows of
-baselines trained on the same budget, and writes into the run directory:
+baselines trained on the same env-step budget, and writes into the run directory:
 
-* ``meta_test.txt``: a header (budget, seeds, limit, PID gains) and the table of
+* ``meta_test.txt``: a header (inner rounds, seeds, limit, PID gains) and the table of
   :func:`format_meta_test_table` over :func:`summarize_meta_test` (per task and split: means
   over seeds, and the paired learned - initial change with its 95% CI);
 * ``meta_test.csv``: one row per (task, seed, optimizer);
 * ``plots/meta_test_return.png``, ``plots/meta_test_cost.png``: per task, the mean over seeds
   after each inner round, initial vs learned.
 
->>> rows = [dict(optimizer=o, env_id="T", split="train", seed=s, objective=v, cost=1.0)
-...         for o, s, v in [("initial", 0, 1.0), ("learned", 0, 3.0)]]
->>> print(format_meta_test_table(summarize_meta_test(rows)))  # doctest: +NORMALIZE_WHITESPACE
-task  split  optimizer  objective  return  cost  eval return  eval cost
-T     train  initial    1          -       1     -            -
-T     train  learned    3          -       1     -            -
-T     train  change     +2         -       +0    -            -
+Examples:
+    >>> rows = [dict(optimizer=o, env_id="T", split="train", seed=s, objective=v, cost=1.0)
+    ...         for o, s, v in [("initial", 0, 1.0), ("learned", 0, 3.0)]]
+    >>> print(format_meta_test_table(summarize_meta_test(rows)))  # doctest: +NORMALIZE_WHITESPACE
+    task  split  optimizer  objective  return  cost  eval return  eval cost
+    T     train  initial    1          -       1     -            -
+    T     train  learned    3          -       1     -            -
+    T     train  change     +2         -       +0    -            -
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ __all__ = [
     "write_meta_test_rows",
 ]
 
-#: ``baselines(env_ids, seeds=, budget=, held_out=) -> rows``: more optimizers of the meta-test,
-#: trained on the same tasks, seeds and budget (rows with ``optimizer``, ``env_id``, ``split``,
+#: ``baselines(env_ids, seeds=, inner_rollouts=, held_out=) -> rows``: more optimizers of the
+#: meta-test, trained on the same tasks and seeds with the same env-step budget
+#: (``inner_rollouts`` epochs of one round's steps; rows with ``optimizer``, ``env_id``, ``split``,
 #: ``seed``, ``eval_return``, ``eval_cost``, ``env_steps``).
 BaselineRuns = Callable[..., list[dict[str, Any]]]
 _METRICS = ("objective", "return", "cost", "eval_return", "eval_cost")
@@ -61,33 +63,34 @@ def run_meta_test(
     baselines: BaselineRuns | None = None,
 ) -> dict[str, float]:
     """The meta-test of the ``cmo`` config ``cfg`` (keys ``env_ids``, ``eval_env_ids``,
-    ``meta_test.rounds`` (``0``: ``inner_rollouts``), ``meta_test.seeds``, ``cost_limit``,
-    ``mu``, ``eval_episodes``, ``meta_optimizer_type``) after ``trainer``'s meta-training from
-    ``initial``, with ``trainer``'s task settings; writes the report into ``run_dir``, prints
-    the table with ``echo``.
+    ``meta_test.rounds`` (the meta-test's ``inner_rollouts``; ``0``: the training value),
+    ``meta_test.seeds``, ``cost_limit``, ``mu``, ``eval_episodes``, ``meta_optimizer_type``)
+    after ``trainer``'s meta-training from ``initial``, with ``trainer``'s task settings; writes
+    the report into ``run_dir``, prints the table with ``echo``.
 
     Returns the scalars to log at ``trainer.iteration`` (the learned optimizer's deterministic
     ``eval/episode_return`` / ``eval/episode_cost``, per task and overall, ``eval/num_episodes``,
     ``time/eval``), or ``{}`` without evaluation episodes.
 
-    >>> import copy, tempfile
-    >>> from cmo_rl.meta import MetaTrainer, make_meta_optimizer
-    >>> sampler = RolloutTaskSampler(["MockCMDP-v0"], episode_length=5, vector_envs_per_task=2,
-    ...                              hidden_layers=(4,))
-    >>> trainer = MetaTrainer(make_meta_optimizer("pid"), sampler, inner_rollouts=2,
-    ...                       unroll_steps=2, meta_batch_size=1, cost_limit=1.0, mu=2.0)
-    >>> initial = copy.deepcopy(trainer.meta_optimizer)
-    >>> cfg = {"env_ids": ["MockCMDP-v0"], "eval_env_ids": [], "inner_rollouts": 2,
-    ...        "meta_test": {"rounds": 1, "seeds": [5]}, "cost_limit": 1.0, "mu": 2.0,
-    ...        "eval_episodes": 2, "meta_optimizer_type": "pid"}
-    >>> run_dir = Path(tempfile.mkdtemp())
-    >>> scalars = run_meta_test(cfg, trainer, initial, run_dir, echo=lambda text: None)
-    >>> sorted(p.name for p in run_dir.iterdir()), scalars["eval/num_episodes"]
-    (['meta_test.csv', 'meta_test.txt', 'plots'], 2.0)
+    Examples:
+        >>> import copy, tempfile
+        >>> from cmo_rl.meta import MetaTrainer, make_meta_optimizer
+        >>> sampler = RolloutTaskSampler(["MockCMDP-v0"], episode_length=5, vector_envs_per_task=2,
+        ...                              hidden_layers=(4,))
+        >>> trainer = MetaTrainer(make_meta_optimizer("pid"), sampler, inner_rollouts=2,
+        ...                       unroll_steps=2, meta_batch_size=1, cost_limit=1.0, mu=2.0)
+        >>> initial = copy.deepcopy(trainer.meta_optimizer)
+        >>> cfg = {"env_ids": ["MockCMDP-v0"], "eval_env_ids": [], "inner_rollouts": 2,
+        ...        "meta_test": {"rounds": 1, "seeds": [5]}, "cost_limit": 1.0, "mu": 2.0,
+        ...        "eval_episodes": 2, "meta_optimizer_type": "pid"}
+        >>> run_dir = Path(tempfile.mkdtemp())
+        >>> scalars = run_meta_test(cfg, trainer, initial, run_dir, echo=lambda text: None)
+        >>> sorted(p.name for p in run_dir.iterdir()), scalars["eval/num_episodes"]
+        (['meta_test.csv', 'meta_test.txt', 'plots'], 2.0)
     """
     start = time.perf_counter()
     mt = cfg["meta_test"]
-    budget = int(mt["rounds"]) or int(cfg["inner_rollouts"])
+    inner_rollouts = int(mt["rounds"]) or int(cfg["inner_rollouts"])
     seeds = [int(s) for s in mt["seeds"]]
     held_out = list(cfg["eval_env_ids"])
     env_ids = [*cfg["env_ids"], *held_out]
@@ -103,7 +106,7 @@ def run_meta_test(
             {"initial": initial, "learned": trainer.meta_optimizer},
             sampler,
             seeds=seeds,
-            budget=budget,
+            inner_rollouts=inner_rollouts,
             cost_limit=cost_limit,
             mu=mu,
             violation_scale=trainer.violation_scale,
@@ -114,20 +117,21 @@ def run_meta_test(
         sampler.close()
     if baselines is not None:
         echo("meta-test: PPO-Lag and PID-Lag on the same budget and seeds ...")
-        rows += baselines(env_ids, seeds=seeds, budget=budget, held_out=held_out)
+        rows += baselines(env_ids, seeds=seeds, inner_rollouts=inner_rollouts, held_out=held_out)
     settings = sampler.settings
-    horizon, num_envs = settings.episode_length, settings.vector_envs_per_task
+    episode_length, num_envs = settings.episode_length, settings.vector_envs_per_task
     header = [
         f"meta-test after {trainer.iteration} meta-iterations ({time.perf_counter() - start:.0f} s):"
-        f" every optimizer (frozen) trains a fresh policy for {budget} inner rounds of "
-        f"{num_envs} envs x {horizon} steps on each task, for each of {len(seeds)} held-out seeds "
-        f"{seeds} (common random numbers: same env seeds, initial policy and action noise).",
-        f"return, cost: one fresh batch of the final policy ({num_envs} episodes of {horizon} "
-        f"steps); objective = return - mu * max(0, cost - d), mu = {mu:g}; eval: "
-        f"{eval_episodes} deterministic episodes.",
-        f"cost limit d = {cost_limit:g} per {horizon}-step episode (= "
-        f"{cost_limit * 1000.0 / horizon:g} per 1000 steps). 'change' = learned - initial, paired "
-        "by task and seed, ± 95% CI half-width.",
+        f" every optimizer (frozen) trains a fresh policy for {inner_rollouts} inner rounds of "
+        f"{num_envs} envs x {episode_length} steps on each task, for each of {len(seeds)} "
+        f"held-out seeds {seeds} (common random numbers: same env seeds, initial policy and "
+        "action noise).",
+        f"return, cost: one fresh batch of the final policy ({num_envs} episodes of "
+        f"{episode_length} steps); objective = return - mu * max(0, cost - d), mu = {mu:g}; "
+        f"eval: {eval_episodes} deterministic episodes.",
+        f"cost limit d = {cost_limit:g} per {episode_length}-step episode (= "
+        f"{cost_limit * 1000.0 / episode_length:g} per 1000 steps). 'change' = learned - "
+        "initial, paired by task and seed, ± 95% CI half-width.",
     ]
     if hasattr(initial, "gains"):
         before, after = initial.gains(), trainer.meta_optimizer.gains()
@@ -140,8 +144,9 @@ def run_meta_test(
         )
     if baselines is not None:
         header.append(
-            f"ppo_lag / pid_lag: the baseline recipes with the same {budget} x {num_envs * horizon}"
-            " env steps of training and the same seeds (eval columns only)."
+            f"ppo_lag / pid_lag: the baseline recipes with the same {inner_rollouts} x "
+            f"{num_envs * episode_length} env steps of training and the same seeds (eval columns "
+            "only)."
         )
     text = "\n".join(header) + "\n\n" + format_meta_test_table(summarize_meta_test(rows)) + "\n"
     (run_dir / "meta_test.txt").write_text(text)
@@ -180,14 +185,15 @@ def write_meta_test_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """``meta_test.csv``: every key of the rows as a column, in order of appearance, except the
     per-round ``rounds`` (plotted instead).
 
-    >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "meta_test.csv"
-    >>> write_meta_test_rows(path, [{"optimizer": "initial", "rounds": [], "return": 1.5},
-    ...                             {"optimizer": "ppo_lag", "eval_return": 2.0}])
-    >>> print(path.read_text().strip())
-    optimizer,return,eval_return
-    initial,1.5,
-    ppo_lag,,2.0
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "meta_test.csv"
+        >>> write_meta_test_rows(path, [{"optimizer": "initial", "rounds": [], "return": 1.5},
+        ...                             {"optimizer": "ppo_lag", "eval_return": 2.0}])
+        >>> print(path.read_text().strip())
+        optimizer,return,eval_return
+        initial,1.5,
+        ppo_lag,,2.0
     """
     columns: list[str] = []
     for row in rows:
@@ -251,11 +257,12 @@ def summarize_meta_test(
     """Per group (each task, then ``all train`` / ``all held-out``) and optimizer: the mean of
     every metric over seeds; plus a ``change`` entry: paired ``after - before`` mean and CI.
 
-    >>> rows = [dict(optimizer=o, env_id="T", split="train", seed=s, objective=v)
-    ...         for o, s, v in [("initial", 0, 1.0), ("learned", 0, 3.0),
-    ...                         ("initial", 1, 2.0), ("learned", 1, 3.0)]]
-    >>> [(g["group"], g["optimizer"], g["objective"]) for g in summarize_meta_test(rows)][:3]
-    [('T', 'initial', 1.5), ('T', 'learned', 3.0), ('T', 'change', 1.5)]
+    Examples:
+        >>> rows = [dict(optimizer=o, env_id="T", split="train", seed=s, objective=v)
+        ...         for o, s, v in [("initial", 0, 1.0), ("learned", 0, 3.0),
+        ...                         ("initial", 1, 2.0), ("learned", 1, 3.0)]]
+        >>> [(g["group"], g["optimizer"], g["objective"]) for g in summarize_meta_test(rows)][:3]
+        [('T', 'initial', 1.5), ('T', 'learned', 3.0), ('T', 'change', 1.5)]
     """
     groups: list[tuple[str, list[Mapping[str, Any]]]] = []
     for env_id in dict.fromkeys(r["env_id"] for r in rows):
@@ -297,10 +304,11 @@ def format_meta_test_table(summary: Sequence[Mapping[str, Any]]) -> str:
     """A fixed-width text table of :func:`summarize_meta_test` (``change`` rows: paired
     difference ± 95% CI half-width over seeds).
 
-    >>> print(format_meta_test_table([{"group": "T", "split": "train", "optimizer": "initial",
-    ...     "objective": 1.5, "return": 2.0, "cost": 0.5}]))  # doctest: +NORMALIZE_WHITESPACE
-    task  split  optimizer  objective  return  cost  eval return  eval cost
-    T     train  initial    1.5        2       0.5   -            -
+    Examples:
+        >>> print(format_meta_test_table([{"group": "T", "split": "train", "optimizer": "initial",
+        ...     "objective": 1.5, "return": 2.0, "cost": 0.5}]))  # doctest: +NORMALIZE_WHITESPACE
+        task  split  optimizer  objective  return  cost  eval return  eval cost
+        T     train  initial    1.5        2       0.5   -            -
     """
     header = ["task", "split", "optimizer", "objective", "return", "cost"]
     lines = [[*header, "eval return", "eval cost"]]

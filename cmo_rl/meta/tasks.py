@@ -2,9 +2,9 @@
 
 A task is a :class:`~cmo_rl.meta.problems.RolloutCMDP`: one env (a task id, reseeded per task),
 a fresh policy and fresh critics. :class:`TaskSettings` holds what every task of a run shares
-(horizon, envs per task, network widths, GAE and critic settings, device), :class:`EnvFactory`
-turns a task id into an env (``MockCMDP-v0`` included), and :class:`RolloutTaskSampler` builds
-the task of a seed. A sampler for other task ids with the same settings:
+(episode length, envs per task, network widths, GAE and critic settings, device),
+:class:`EnvFactory` turns a task id into an env (``MockCMDP-v0`` included), and
+:class:`RolloutTaskSampler` builds the task of a seed. A sampler for other task ids with the same settings:
 ``RolloutTaskSampler(ids, sampler.settings)``; with one setting changed:
 ``RolloutTaskSampler(ids, sampler.settings, vector_envs_per_task=8)``.
 
@@ -47,18 +47,21 @@ class TaskSettings:
         episode_length: ``T``, steps per env per inner round (and the envs' episode length).
         vector_envs_per_task: ``B``, the ``num_envs`` of each task's env.
         hidden_layers: MLP widths of the fresh policy and critics.
-        gamma, gae_lambda: GAE of reward and cost.
-        critic_lr, critic_steps: the critics' Adam, fitted beside each inner run.
+        gamma: GAE discount of reward and cost.
+        gae_lambda: GAE lambda of reward and cost.
+        critic_lr: learning rate of the critics' Adam, fitted beside each inner run.
+        critic_steps: full-batch critic steps per inner round.
         device: device of env outputs, policy and critics.
 
     The defaults of the networks and of the inner problem are those of
     :func:`~cmo_rl.modules.make_actor` and :class:`~cmo_rl.meta.problems.RolloutCMDP`.
 
-    >>> settings = TaskSettings(episode_length=10, hidden_layers=[8])
-    >>> settings.hidden_layers, settings.device, settings.steps_per_round
-    ((8,), device(type='cpu'), 10)
-    >>> dataclasses.replace(settings, vector_envs_per_task=4).steps_per_round
-    40
+    Examples:
+        >>> settings = TaskSettings(episode_length=10, hidden_layers=[8])
+        >>> settings.hidden_layers, settings.device, settings.steps_per_round
+        ((8,), device(type='cpu'), 10)
+        >>> dataclasses.replace(settings, vector_envs_per_task=4).steps_per_round
+        40
     """
 
     episode_length: int
@@ -96,9 +99,10 @@ class TaskSettings:
         """The settings named in ``cfg`` (other keys ignored; absent ones take the defaults
         above), then ``overrides``.
 
-        >>> TaskSettings.from_config({"episode_length": 5, "gamma": 0.9, "lr": 1.0},
-        ...                          vector_envs_per_task=2).gamma
-        0.9
+        Examples:
+            >>> TaskSettings.from_config({"episode_length": 5, "gamma": 0.9, "lr": 1.0},
+            ...                          vector_envs_per_task=2).gamma
+            0.9
         """
         names = [f.name for f in dataclasses.fields(cls)]
         return cls(**{**{k: cfg[k] for k in names if k in cfg}, **overrides})
@@ -109,9 +113,10 @@ class EnvFactory:
     per-task metric names use it). ``MockCMDP-v0`` is :class:`cmo_rl.testing.MockCMDPEnv`; other
     ids go to :func:`cmo_rl.envs.make_safety_env` with ``max_episode_steps=episode_length``.
 
-    >>> env = EnvFactory("MockCMDP-v0", episode_length=4)(num_envs=2, seed=0, device="cpu")
-    >>> EnvFactory("MockCMDP-v0", 4).__name__, tuple(env.batch_size), env.episode_length
-    ('MockCMDP-v0', (2,), 4)
+    Examples:
+        >>> env = EnvFactory("MockCMDP-v0", episode_length=4)(num_envs=2, seed=0, device="cpu")
+        >>> EnvFactory("MockCMDP-v0", 4).__name__, tuple(env.batch_size), env.episode_length
+        ('MockCMDP-v0', (2,), 4)
     """
 
     def __init__(self, env_id: str, episode_length: int) -> None:
@@ -140,8 +145,9 @@ def balanced_env_index(task_number: int, num_env_ids: int) -> int:
     meta-batch whose size is a multiple of ``num_env_ids`` holds every id equally often (the
     same expected meta-gradient as uniform draws, without the variance of the task mix).
 
-    >>> [balanced_env_index(n, 2) for n in range(5)]
-    [0, 1, 0, 1, 0]
+    Examples:
+        >>> [balanced_env_index(n, 2) for n in range(5)]
+        [0, 1, 0, 1, 0]
     """
     return int(task_number) % int(num_env_ids)
 
@@ -169,15 +175,17 @@ class RolloutTaskSampler:
     is slow). ``sampler(seed)`` draws the env id from ``seed``; ``sampler(seed, env_index=i)``
     fixes it. The fresh networks' initialisation depends only on ``seed``.
 
-    >>> import functools
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> sampler = RolloutTaskSampler([functools.partial(MockCMDPEnv, episode_length=5)],
-    ...                              episode_length=5, vector_envs_per_task=2, hidden_layers=(8,))
-    >>> task = sampler(seed=3)  # a RolloutCMDP with a fresh policy and critics
-    >>> task.name, task.env.batch_size
-    ('MockCMDPEnv', torch.Size([2]))
-    >>> RolloutTaskSampler(["MockCMDP-v0"], sampler.settings).settings == sampler.settings
-    True
+    Examples:
+        >>> import functools
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> sampler = RolloutTaskSampler([functools.partial(MockCMDPEnv, episode_length=5)],
+        ...                              episode_length=5, vector_envs_per_task=2,
+        ...                              hidden_layers=(8,))
+        >>> task = sampler(seed=3)  # a RolloutCMDP with a fresh policy and critics
+        >>> task.name, task.env.batch_size
+        ('MockCMDPEnv', torch.Size([2]))
+        >>> RolloutTaskSampler(["MockCMDP-v0"], sampler.settings).settings == sampler.settings
+        True
     """
 
     def __init__(

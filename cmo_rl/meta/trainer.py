@@ -79,10 +79,11 @@ def make_meta_optimizer(
     ``options`` go to the constructor, which holds the defaults; options of the other type are
     ignored (one config, or a checkpoint's whole config, serves both types).
 
-    >>> type(make_meta_optimizer("pid")).__name__
-    'PIDMetaOptimizer'
-    >>> make_meta_optimizer("lstm", hidden_size=4, init_KP=0.5).hidden_size
-    4
+    Examples:
+        >>> type(make_meta_optimizer("pid")).__name__
+        'PIDMetaOptimizer'
+        >>> make_meta_optimizer("lstm", hidden_size=4, init_KP=0.5).hidden_size
+        4
     """
     if meta_optimizer_type not in META_OPTIMIZERS:
         raise ValueError(
@@ -100,24 +101,23 @@ class TaskOutcome:
 
     Attributes:
         name: the task's name (its env id for :class:`~cmo_rl.meta.tasks.RolloutTaskSampler`).
-        final_return, final_cost: ``J_R``, ``J_C`` measured on the fresh batch of the final
-            policy (the last round).
         env_steps: env steps the task collected (every round, the final one included).
-        metrics: its metrics of :meth:`MetaTrainer.meta_iteration` (undivided), with
-            ``time/collect``, ``time/inner``, ``time/backward``.
+        metrics: its metrics of :meth:`MetaTrainer.meta_iteration` (undivided, the names
+            ``cmo`` logs): ``meta/return`` and ``meta/cost`` are ``J_R`` and ``J_C`` measured
+            on the fresh batch of the final policy (the last round); with ``time/collect``,
+            ``time/inner``, ``time/backward``.
 
-    >>> from cmo_rl.meta.problems import ContextualBanditCMDP
-    >>> trainer = MetaTrainer(make_meta_optimizer("pid"), ContextualBanditCMDP.sample,
-    ...                       inner_rollouts=2, unroll_steps=2, meta_batch_size=1,
-    ...                       cost_limit=3.0, mu=5.0)
-    >>> outcome = trainer.run_task(seed=0)
-    >>> outcome.name, outcome.env_steps, outcome.final_cost == outcome.metrics["train/cost"]
-    ('ContextualBanditCMDP', 0, True)
+    Examples:
+        >>> from cmo_rl.meta.problems import ContextualBanditCMDP
+        >>> trainer = MetaTrainer(make_meta_optimizer("pid"), ContextualBanditCMDP.sample,
+        ...                       inner_rollouts=2, unroll_steps=2, meta_batch_size=1,
+        ...                       cost_limit=3.0, mu=5.0)
+        >>> outcome = trainer.run_task(seed=0)
+        >>> outcome.name, outcome.env_steps, {"meta/return", "meta/cost"} <= outcome.metrics.keys()
+        ('ContextualBanditCMDP', 0, True)
     """
 
     name: str
-    final_return: float
-    final_cost: float
     env_steps: int
     metrics: dict[str, float]
 
@@ -126,9 +126,10 @@ def env_steps_per_round(problem: Any) -> int:
     """Env steps of one round of ``problem``: its ``episode_length`` times its env's batch size
     (0 for a problem without an env).
 
-    >>> from cmo_rl.meta.problems import ContextualBanditCMDP
-    >>> env_steps_per_round(ContextualBanditCMDP.sample(seed=0))
-    0
+    Examples:
+        >>> from cmo_rl.meta.problems import ContextualBanditCMDP
+        >>> env_steps_per_round(ContextualBanditCMDP.sample(seed=0))
+        0
     """
     env = getattr(problem, "env", None)
     if env is None:
@@ -146,12 +147,14 @@ class MetaTrainer:
         inner_rollouts: inner rounds ``K`` per task.
         unroll_steps: inner updates the meta-gradient flows through (the last ones).
         meta_batch_size: tasks per meta-iteration.
-        cost_limit, mu: ``d`` and the penalty of the meta-objective (``d`` also sets the
-            violation ``e = (J_C - d) / s`` fed to the meta-optimizer).
-        meta_lr, meta_grad_clip: the outer Adam and the max global norm of the meta-gradient.
+        cost_limit: ``d`` of the meta-objective (it also sets the violation
+            ``e = (J_C - d) / s`` fed to the meta-optimizer).
+        mu: the penalty of the meta-objective ``J_R - mu * max(0, J_C - d)``.
+        meta_lr: learning rate of the outer Adam.
+        meta_grad_clip: the max global norm of the meta-gradient.
         violation_scale: ``s`` (default: ``d`` if ``d > 0`` else 1).
         nan_policy: ``"skip"`` (drop a non-finite meta-gradient, count it in
-            ``meta/skipped``) or ``"raise"``.
+            ``meta/skipped_updates``) or ``"raise"``.
         seed: seeds the task-seed generator and torch's global RNG (action sampling).
         total_meta_iters: default length of :meth:`train`.
         balanced_tasks: stratified sampling: the ``n``-th task (``n`` = :attr:`task_count`)
@@ -164,15 +167,16 @@ class MetaTrainer:
         env_steps: env steps those tasks collected.
         last_tasks: the :class:`TaskOutcome` of each task of the last meta-iteration.
 
-    >>> from cmo_rl.meta.problems import ContextualBanditCMDP
-    >>> trainer = MetaTrainer(make_meta_optimizer("pid", init_etaR=0.1, init_etaC=0.1),
-    ...                       ContextualBanditCMDP.sample, inner_rollouts=3, unroll_steps=3,
-    ...                       meta_batch_size=2, cost_limit=3.0, mu=5.0, meta_lr=0.01)
-    >>> metrics = trainer.meta_iteration()
-    >>> all(metrics[f"meta/grad_norm/{k}"] > 0 for k in ("KP", "KI", "KD", "etaR", "etaC"))
-    True
-    >>> [task.name for task in trainer.last_tasks], trainer.task_count
-    (['ContextualBanditCMDP', 'ContextualBanditCMDP'], 2)
+    Examples:
+        >>> from cmo_rl.meta.problems import ContextualBanditCMDP
+        >>> trainer = MetaTrainer(make_meta_optimizer("pid", init_etaR=0.1, init_etaC=0.1),
+        ...                       ContextualBanditCMDP.sample, inner_rollouts=3, unroll_steps=3,
+        ...                       meta_batch_size=2, cost_limit=3.0, mu=5.0, meta_lr=0.01)
+        >>> metrics = trainer.meta_iteration()
+        >>> all(metrics[f"meta/grad_norm/{k}"] > 0 for k in ("KP", "KI", "KD", "etaR", "etaC"))
+        True
+        >>> [task.name for task in trainer.last_tasks], trainer.task_count
+        (['ContextualBanditCMDP', 'ContextualBanditCMDP'], 2)
     """
 
     def __init__(
@@ -266,7 +270,7 @@ class MetaTrainer:
         result = bilevel_objective(
             self.meta_optimizer,
             problem,
-            inner_steps=self.inner_rollouts,
+            inner_rollouts=self.inner_rollouts,
             unroll_steps=self.unroll_steps,
             cost_limit=self.cost_limit,
             mu=self.mu,
@@ -279,22 +283,20 @@ class MetaTrainer:
         t_backward = time.perf_counter() - t0
         rounds = result.unroll.rounds
         final = result.final_metrics
-        ret = final.get("return", float(result.return_estimate.detach()))
-        cost = final.get("cost", float(result.cost_estimate.detach()))
         metrics = {
             "meta/objective": float(result.objective.detach()),
-            "train/return": ret,
-            "train/cost": cost,
-            "train/lambda": float(result.unroll.lagrange_multiplier.detach()),
-            "train/initial_return": rounds[0].get("return", rounds[0]["return_estimate"]),
-            "train/initial_cost": rounds[0].get("cost", rounds[0]["cost_estimate"]),
+            "meta/return": final.get("return", float(result.return_estimate.detach())),
+            "meta/cost": final.get("cost", float(result.cost_estimate.detach())),
+            "meta/lambda": float(result.unroll.lagrange_multiplier.detach()),
+            "meta/initial_return": rounds[0].get("return", rounds[0]["return_estimate"]),
+            "meta/initial_cost": rounds[0].get("cost", rounds[0]["cost_estimate"]),
             "time/collect": sum(r["time/round_data"] for r in rounds) + final["time/round_data"],
             "time/inner": sum(r["time/inner_update"] for r in rounds),
             "time/backward": t_backward,
         }
         name = str(getattr(problem, "name", type(problem).__name__))
         steps = (len(rounds) + 1) * env_steps_per_round(problem)
-        return TaskOutcome(name, ret, cost, steps, metrics)
+        return TaskOutcome(name, steps, metrics)
 
     def _next_env_index(self) -> int | None:
         number, self.task_count = self.task_count, self.task_count + 1
@@ -303,12 +305,12 @@ class MetaTrainer:
         return balanced_env_index(number, len(self.task_sampler.env_ids))
 
     def meta_iteration(self) -> dict[str, float]:
-        """One outer step; returns floats: ``meta/objective``, ``train/return``, ``train/cost``,
-        ``train/lambda`` (final policy, task means), ``train/initial_return``,
-        ``train/initial_cost`` (round 0), ``meta/grad_norm`` and ``meta/grad_norm/<group>``
-        (before clipping), ``meta/<gain>`` (PID), ``meta/skipped``, ``meta/iteration``,
-        ``time/collect``, ``time/inner``, ``time/backward``, ``time/iteration``. The tasks
-        themselves: :attr:`last_tasks`."""
+        """One outer step; returns floats, with the names ``cmo`` logs (``docs/metrics.md``):
+        ``meta/objective``, ``meta/return``, ``meta/cost``, ``meta/lambda`` (final policy, task
+        means), ``meta/initial_return``, ``meta/initial_cost`` (round 0), ``meta/grad_norm`` and
+        ``meta/grad_norm/<group>`` (before clipping), ``meta/<gain>`` (PID),
+        ``meta/skipped_updates``, ``meta/iteration``, ``time/collect``, ``time/inner``,
+        ``time/backward``, ``time/iteration``. The tasks themselves: :attr:`last_tasks`."""
         t_start = time.perf_counter()
         self.outer_optimizer.zero_grad(set_to_none=True)
         meta_params = self._meta_params()
@@ -352,7 +354,7 @@ class MetaTrainer:
         self.iteration += 1
         metrics.update(
             {
-                "meta/skipped": float(skipped),
+                "meta/skipped_updates": float(skipped),
                 "meta/iteration": float(self.iteration),
                 **timings,
                 "time/iteration": time.perf_counter() - t_start,

@@ -69,9 +69,10 @@ def conjugate_gradient(
     :math:`\\lVert r \\rVert^2 <` ``residual_tol``, or if :math:`p^\\top A p \\le 0`.
     Out-of-place updates only.
 
-    >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]])
-    >>> conjugate_gradient(lambda v: A @ v, torch.tensor([1.0, 2.0]), iters=2)
-    tensor([0.0909, 0.6364])
+    Examples:
+        >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]])
+        >>> conjugate_gradient(lambda v: A @ v, torch.tensor([1.0, 2.0]), iters=2)
+        tensor([0.0909, 0.6364])
     """
     if b.ndim != 1:
         raise ValueError(f"b must be a flat vector, got shape {tuple(b.shape)}")
@@ -130,14 +131,15 @@ def make_fisher_vector_product(
     The KL gradient graph is built once, each call is one extra backward (Pearlmutter's trick).
     ``v`` is flat, ordered as ``[p for p in actor.parameters() if p.requires_grad]``.
 
-    >>> from cmo_rl.modules import make_actor
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> env = MockCMDPEnv(num_envs=8, seed=0)
-    >>> actor = make_actor(env, hidden_layers=(4,))
-    >>> fvp = make_fisher_vector_product(actor, env.reset(), damping=0.1)
-    >>> v = torch.randn(sum(p.numel() for p in actor.parameters()))
-    >>> bool(v @ fvp(v) >= 0.1 * v @ v)  # H is positive semi-definite
-    True
+    Examples:
+        >>> from cmo_rl.modules import make_actor
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> env = MockCMDPEnv(num_envs=8, seed=0)
+        >>> actor = make_actor(env, hidden_layers=(4,))
+        >>> fvp = make_fisher_vector_product(actor, env.reset(), damping=0.1)
+        >>> v = torch.randn(sum(p.numel() for p in actor.parameters()))
+        >>> bool(v @ fvp(v) >= 0.1 * v @ v)  # H is positive semi-definite
+        True
     """
     if damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
@@ -169,13 +171,14 @@ def fisher_vector_product(
     """One Fisher-vector product :math:`(H + \\text{damping}\\,I)\\,v` (see
     :func:`make_fisher_vector_product`, which reuses the graph across calls).
 
-    >>> from cmo_rl.modules import make_actor
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> env = MockCMDPEnv(num_envs=4, seed=0)
-    >>> actor = make_actor(env, hidden_layers=(4,))
-    >>> n = sum(p.numel() for p in actor.parameters())
-    >>> fisher_vector_product(actor, env.reset(), torch.zeros(n), damping=0.1).abs().max()
-    tensor(0.)
+    Examples:
+        >>> from cmo_rl.modules import make_actor
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> env = MockCMDPEnv(num_envs=4, seed=0)
+        >>> actor = make_actor(env, hidden_layers=(4,))
+        >>> n = sum(p.numel() for p in actor.parameters())
+        >>> fisher_vector_product(actor, env.reset(), torch.zeros(n), damping=0.1).abs().max()
+        tensor(0.)
     """
     return make_fisher_vector_product(actor, td, damping)(vector)
 
@@ -188,10 +191,11 @@ class CPOStep(NamedTuple):
     1 — infeasible but recoverable inside the trust region, 0 — infeasible recovery
     :math:`x = -\\sqrt{2\\delta / s}\\,H^{-1} b`.
 
-    >>> g, b = torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])  # H = I: H^-1 g = g
-    >>> step = cpo_step_direction(g, b, 2.0, g, b, target_kl=0.5)  # c = 2: out of reach
-    >>> step.optim_case, round(step.nu_star, 4), step.direction  # x = -sqrt(2 delta / s) b
-    (0, 1.0, tensor([-1., -0.]))
+    Examples:
+        >>> g, b = torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])  # H = I: H^-1 g = g
+        >>> step = cpo_step_direction(g, b, 2.0, g, b, target_kl=0.5)  # c = 2: out of reach
+        >>> step.optim_case, round(step.nu_star, 4), step.direction  # x = -sqrt(2 delta / s) b
+        (0, 1.0, tensor([-1., -0.]))
     """
 
     direction: torch.Tensor
@@ -250,15 +254,17 @@ def cpo_step_direction(
         g: reward-surrogate gradient (ascent direction), flat ``[n]``.
         b: cost-surrogate gradient, ``[n]``.
         c: constraint value :math:`J_C - d` (in the surrogate's units).
-        Hinv_g, Hinv_b: :math:`H^{-1}g`, :math:`H^{-1}b` (e.g. from :func:`conjugate_gradient`).
+        Hinv_g: :math:`H^{-1}g` (e.g. from :func:`conjugate_gradient`).
+        Hinv_b: :math:`H^{-1}b` (e.g. from :func:`conjugate_gradient`).
         target_kl: trust-region size :math:`\\delta`.
         cost_grad_tol: below this :math:`\\lVert b\\rVert^2` (and with :math:`c<0`) the
             constraint is ignored (case 4).
 
-    >>> H = torch.eye(2); g = torch.tensor([1.0, 1.0]); b = torch.tensor([1.0, 0.0])
-    >>> step = cpo_step_direction(g, b, -0.1, g, b, target_kl=0.5)
-    >>> step.optim_case, step.direction  # max x1 + x2 s.t. |x| <= 1, x1 <= 0.1
-    (2, tensor([0.1000, 0.9950]))
+    Examples:
+        >>> H = torch.eye(2); g = torch.tensor([1.0, 1.0]); b = torch.tensor([1.0, 0.0])
+        >>> step = cpo_step_direction(g, b, -0.1, g, b, target_kl=0.5)
+        >>> step.optim_case, step.direction  # max x1 + x2 s.t. |x| <= 1, x1 <= 0.1
+        (2, tensor([0.1000, 0.9950]))
     """
     if not target_kl > 0:
         raise ValueError(f"target_kl must be > 0, got {target_kl}")
@@ -313,9 +319,10 @@ class CPOUpdate:
         actor: probabilistic actor (``get_dist``), e.g. :func:`cmo_rl.modules.make_actor`.
         cost_limit: :math:`d`.
         target_kl: :math:`\\delta`.
-        cg_iters, cg_damping: conjugate-gradient steps and Fisher damping.
-        line_search_steps, line_search_decay: backtracking :math:`x \\leftarrow 0.8\\,x`, at most
-            this many tries (OmniSafe: 20, 0.8).
+        cg_iters: conjugate-gradient steps.
+        cg_damping: Fisher damping.
+        line_search_steps: backtracking tries at most (OmniSafe: 20).
+        line_search_decay: backtracking factor, :math:`x \\leftarrow 0.8\\,x` (OmniSafe: 0.8).
         kl_tolerance: accept a step if :math:`\\mathrm{KL} \\le` ``kl_tolerance`` :math:`\\delta`
             (OmniSafe: 1.5).
         normalize_advantage: :func:`~cmo_rl.objectives.normalize_advantages` on the batch.
@@ -328,18 +335,19 @@ class CPOUpdate:
     surrogate rises by at most :math:`\\max(-c, 0)` and (cases 2-4) the reward surrogate does not
     decrease; otherwise the actor is left unchanged (``acceptance_step = 0``).
 
-    >>> from cmo_rl.modules import actor_critic_from_env
-    >>> from cmo_rl.objectives import make_value_estimators
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> env = MockCMDPEnv(num_envs=4, episode_length=10, seed=0)
-    >>> actor, critic, cost_critic = actor_critic_from_env(env, hidden_layers=(16,))
-    >>> gae, cost_gae = make_value_estimators(critic, cost_critic)
-    >>> with torch.no_grad():
-    ...     batch = cost_gae(gae(env.rollout(10, actor))).reshape(-1)
-    >>> cpo = CPOUpdate(actor, cost_limit=1.0, target_kl=0.01)
-    >>> info = cpo.step(batch, episode_cost=batch["next", "cost"].sum() / 4)
-    >>> bool(info["kl"] <= 1.5 * 0.01)
-    True
+    Examples:
+        >>> from cmo_rl.modules import actor_critic_from_env
+        >>> from cmo_rl.objectives import make_value_estimators
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> env = MockCMDPEnv(num_envs=4, episode_length=10, seed=0)
+        >>> actor, critic, cost_critic = actor_critic_from_env(env, hidden_layers=(16,))
+        >>> gae, cost_gae = make_value_estimators(critic, cost_critic)
+        >>> with torch.no_grad():
+        ...     batch = cost_gae(gae(env.rollout(10, actor))).reshape(-1)
+        >>> cpo = CPOUpdate(actor, cost_limit=1.0, target_kl=0.01)
+        >>> info = cpo.step(batch, episode_cost=batch["next", "cost"].sum() / 4)
+        >>> bool(info["kl"] <= 1.5 * 0.01)
+        True
     """
 
     def __init__(

@@ -187,9 +187,10 @@ class CriticLoss(_CriticLossBase):
     so ``loss.parameters()`` are the critics' own parameters.
 
     Args:
-        critic: writes ``state_value``; cost_critic: writes ``cost_value``.
-        critic_coeff: :math:`c_V`; cost_critic_coeff: :math:`c_C` (schedulable buffers, e.g.
-            ``loss.critic_coeff = 0.5``).
+        critic: writes ``state_value``.
+        cost_critic: writes ``cost_value``.
+        critic_coeff: :math:`c_V` (a schedulable buffer, e.g. ``loss.critic_coeff = 0.5``).
+        cost_critic_coeff: :math:`c_C` (a schedulable buffer).
 
     Input keys (any batch shape ``[*B]``): the critics' inputs (``observation``),
     ``value_target`` and ``cost_value_target`` ``[*B, 1]``. Rename with :meth:`set_keys`
@@ -199,16 +200,17 @@ class CriticLoss(_CriticLossBase):
 
     Returns a TensorDict with ``loss_critic`` and ``loss_cost_critic``.
 
-    >>> from cmo_rl.envs.factory import make_env
-    >>> from cmo_rl.modules import make_cost_critic, make_value_critic
-    >>> env = make_env("MockCMDP-v0", num_envs=2)
-    >>> loss = CriticLoss(make_value_critic(env, (4,)), make_cost_critic(env, (4,)))
-    >>> td = env.reset().set("value_target", torch.zeros(2, 1)).set("cost_value_target", torch.zeros(2, 1))
-    >>> sorted(loss(td).keys())
-    ['loss_cost_critic', 'loss_critic']
-    >>> loss.set_keys(value_target="returns")
-    >>> loss.in_keys
-    ['observation', 'returns', 'cost_value_target']
+    Examples:
+        >>> from cmo_rl.envs.factory import make_env
+        >>> from cmo_rl.modules import make_cost_critic, make_value_critic
+        >>> env = make_env("MockCMDP-v0", num_envs=2)
+        >>> loss = CriticLoss(make_value_critic(env, (4,)), make_cost_critic(env, (4,)))
+        >>> td = env.reset().set("value_target", torch.zeros(2, 1)).set("cost_value_target", torch.zeros(2, 1))
+        >>> sorted(loss(td).keys())
+        ['loss_cost_critic', 'loss_critic']
+        >>> loss.set_keys(value_target="returns")
+        >>> loss.in_keys
+        ['observation', 'returns', 'cost_value_target']
     """
 
     _schedulable_buffers = frozenset({"critic_coeff", "cost_critic_coeff"})

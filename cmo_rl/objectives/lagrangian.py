@@ -67,8 +67,9 @@ def lagrangian_advantage(
         multiplier: :math:`\\lambda \\ge 0`, a float, a ``[]`` tensor or a tensor broadcastable
             to ``[*B, 1]``. Not detached: gradients flow to a differentiable multiplier.
 
-    >>> lagrangian_advantage(torch.tensor([1.0, -1.0]), torch.tensor([0.5, 1.0]), 0.5)
-    tensor([ 0.5000, -1.0000])
+    Examples:
+        >>> lagrangian_advantage(torch.tensor([1.0, -1.0]), torch.tensor([0.5, 1.0]), 0.5)
+        tensor([ 0.5000, -1.0000])
     """
     if advantage.shape != cost_advantage.shape:
         raise ValueError(
@@ -91,9 +92,10 @@ def normalize_advantages(
     (population std over all elements). Keeping the scale of :math:`A_C` keeps the meaning of
     :math:`\\lambda` stable across batches. Tensors with one element are returned unchanged.
 
-    >>> a, c = normalize_advantages(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 3.0]))
-    >>> a, c
-    (tensor([-1.,  1.]), tensor([-1.,  1.]))
+    Examples:
+        >>> a, c = normalize_advantages(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 3.0]))
+        >>> a, c
+        (tensor([-1.,  1.]), tensor([-1.,  1.]))
     """
     if advantage.numel() > 1:
         advantage = (advantage - advantage.mean()) / (advantage.std(correction=0) + _EPS)
@@ -125,19 +127,23 @@ def make_value_estimators(
     ``cost_advantage``, ``cost_value_target``. Run both on a ``[*B, T]`` rollout before the loss.
 
     Args:
-        critic: writes ``state_value``; cost_critic: writes ``cost_value``.
-        gamma, lmbda: discount and GAE lambda of the reward estimator.
-        cost_gamma, cost_lmbda: the same for the cost estimator (default: ``gamma``, ``lmbda``).
+        critic: writes ``state_value``.
+        cost_critic: writes ``cost_value``.
+        gamma: discount of the reward estimator.
+        lmbda: GAE lambda of the reward estimator.
+        cost_gamma: discount of the cost estimator (default: ``gamma``).
+        cost_lmbda: GAE lambda of the cost estimator (default: ``lmbda``).
         device: device of the estimators' buffers.
         **gae_kwargs: passed to both ``GAE`` constructors (e.g. ``vectorized=False``).
 
-    >>> from cmo_rl.modules import make_cost_critic, make_value_critic
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
-    >>> gae, cost_gae = make_value_estimators(make_value_critic(env), make_cost_critic(env))
-    >>> td = cost_gae(gae(env.rollout(3)))
-    >>> td["advantage"].shape, td["cost_value_target"].shape
-    (torch.Size([2, 3, 1]), torch.Size([2, 3, 1]))
+    Examples:
+        >>> from cmo_rl.modules import make_cost_critic, make_value_critic
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> env = MockCMDPEnv(num_envs=2, episode_length=3, seed=0)
+        >>> gae, cost_gae = make_value_estimators(make_value_critic(env), make_cost_critic(env))
+        >>> td = cost_gae(gae(env.rollout(3)))
+        >>> td["advantage"].shape, td["cost_value_target"].shape
+        (torch.Size([2, 3, 1]), torch.Size([2, 3, 1]))
     """
     cost_gamma = gamma if cost_gamma is None else cost_gamma
     cost_lmbda = lmbda if cost_lmbda is None else cost_lmbda
@@ -174,9 +180,12 @@ class LagrangianPPOLoss(_CriticLossBase):
     Args:
         actor: probabilistic actor (``get_dist`` from ``observation``), e.g.
             :func:`cmo_rl.modules.make_actor`.
-        critic: writes ``state_value``; cost_critic: writes ``cost_value``.
+        critic: writes ``state_value``.
+        cost_critic: writes ``cost_value``.
         clip_epsilon: PPO clip range :math:`\\epsilon`.
-        entropy_coeff: :math:`c_H`; critic_coeff: :math:`c_V`; cost_critic_coeff: :math:`c_C`.
+        entropy_coeff: :math:`c_H`.
+        critic_coeff: :math:`c_V`.
+        cost_critic_coeff: :math:`c_C`.
         normalize_advantage: apply :func:`normalize_advantages` to the batch first.
         multiplier: where :math:`\\lambda` comes from — ``None`` (read the ``lagrange_multiplier``
             key of the input, shape ``[]`` or ``[*B, 1]``), a float, a tensor (may require grad),
@@ -198,19 +207,20 @@ class LagrangianPPOLoss(_CriticLossBase):
     ``cost_advantage_mean``/``_std`` (before normalisation), ``lagrangian_advantage_mean``,
     ``explained_variance``, ``cost_explained_variance``.
 
-    >>> from cmo_rl.modules import actor_critic_from_env
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> env = MockCMDPEnv(num_envs=4, episode_length=5, seed=0)
-    >>> actor, critic, cost_critic = actor_critic_from_env(env, hidden_layers=(16,))
-    >>> gae, cost_gae = make_value_estimators(critic, cost_critic, gamma=0.99, lmbda=0.95)
-    >>> loss = LagrangianPPOLoss(actor, critic, cost_critic, multiplier=0.5)
-    >>> with torch.no_grad():
-    ...     batch = cost_gae(gae(env.rollout(5, actor))).reshape(-1)
-    >>> out = loss(batch)
-    >>> total = out["loss_objective"] + out["loss_critic"] + out["loss_cost_critic"] + out["loss_entropy"]
-    >>> total.backward()
-    >>> float(out["lagrange_multiplier"]), float(out["kl_approx"])
-    (0.5, 0.0)
+    Examples:
+        >>> from cmo_rl.modules import actor_critic_from_env
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> env = MockCMDPEnv(num_envs=4, episode_length=5, seed=0)
+        >>> actor, critic, cost_critic = actor_critic_from_env(env, hidden_layers=(16,))
+        >>> gae, cost_gae = make_value_estimators(critic, cost_critic, gamma=0.99, lmbda=0.95)
+        >>> loss = LagrangianPPOLoss(actor, critic, cost_critic, multiplier=0.5)
+        >>> with torch.no_grad():
+        ...     batch = cost_gae(gae(env.rollout(5, actor))).reshape(-1)
+        >>> out = loss(batch)
+        >>> total = out["loss_objective"] + out["loss_critic"] + out["loss_cost_critic"] + out["loss_entropy"]
+        >>> total.backward()
+        >>> float(out["lagrange_multiplier"]), float(out["kl_approx"])
+        (0.5, 0.0)
     """
 
     @dataclass

@@ -97,11 +97,12 @@ class LagrangeMultiplier(_Multiplier):
     State: the parameter ``multiplier`` ``[]``, the buffer ``cost_limit`` and the optimizer
     state (saved in ``state_dict()`` as extra state, so a load resumes Adam exactly).
 
-    >>> lam = LagrangeMultiplier(cost_limit=10.0, init=0.5, lr=0.1, optimizer="sgd")
-    >>> lam.update(15.0)  # 0.5 + 0.1 * (15 - 10)
-    tensor(1.)
-    >>> lam.update(0.0)  # 1.0 + 0.1 * (0 - 10) = 0, projected onto [0, inf)
-    tensor(0.)
+    Examples:
+        >>> lam = LagrangeMultiplier(cost_limit=10.0, init=0.5, lr=0.1, optimizer="sgd")
+        >>> lam.update(15.0)  # 0.5 + 0.1 * (15 - 10)
+        tensor(1.)
+        >>> lam.update(0.0)  # 1.0 + 0.1 * (0 - 10) = 0, projected onto [0, inf)
+        tensor(0.)
     """
 
     def __init__(
@@ -159,9 +160,10 @@ class LagrangeMultiplier(_Multiplier):
                 episode finished): the step is skipped, the state is unchanged and the current
                 value is returned (see the module docstring).
 
-        >>> lam = LagrangeMultiplier(cost_limit=10.0, init=0.5, lr=0.1, optimizer="sgd")
-        >>> lam.update(torch.tensor([]))  # no episode finished: no step
-        tensor(0.5000)
+        Examples:
+            >>> lam = LagrangeMultiplier(cost_limit=10.0, init=0.5, lr=0.1, optimizer="sgd")
+            >>> lam.update(torch.tensor([]))  # no episode finished: no step
+            tensor(0.5000)
         """
         jc = _episode_cost_tensor(episode_cost, self.multiplier)
         if jc is None:
@@ -233,16 +235,26 @@ def pid_lagrangian_step(
         state: ``integral``, ``delta_p``, ``cost_d``, ``multiplier`` ``[]``,
             ``cost_d_history`` ``[D]``, ``history_index`` ``[]`` (long, slot of the oldest entry).
         episode_cost: :math:`J_C`, a ``[]`` tensor.
-        cost_limit, kp, ki, kd, ...: the controller's constants (tensors stay differentiable).
+        cost_limit: :math:`d` (a tensor stays differentiable, as do the gains).
+        kp: proportional gain :math:`K_p`.
+        ki: integral gain :math:`K_i`.
+        kd: derivative gain :math:`K_d`.
+        delta_p_ema_alpha: :math:`\\alpha_p`, EMA factor of the proportional error.
+        delta_d_ema_alpha: :math:`\\alpha_d`, EMA factor of the cost fed to the D term.
+        sum_norm: OmniSafe's flag; with neither flag set :math:`\\lambda` is clipped at
+            ``penalty_max``.
+        diff_norm: OmniSafe's flag: clips :math:`I, \\lambda` to :math:`[0,1]`.
+        penalty_max: upper bound of :math:`\\lambda` when neither flag is set.
 
     Returns:
         The new state (same keys); ``["multiplier"]`` is the new :math:`\\lambda`.
 
-    >>> state = PIDLagrangian(cost_limit=10.0, d_delay=2).state()
-    >>> new = pid_lagrangian_step(state, torch.tensor(20.0), cost_limit=10.0, kp=0.1, ki=0.01,
-    ...     kd=0.01, delta_p_ema_alpha=0.9, delta_d_ema_alpha=0.5)
-    >>> round(float(new["multiplier"]), 6)  # 0.1*1.0 + (0.001 + 0.1) + 0.01*10
-    0.301
+    Examples:
+        >>> state = PIDLagrangian(cost_limit=10.0, d_delay=2).state()
+        >>> new = pid_lagrangian_step(state, torch.tensor(20.0), cost_limit=10.0, kp=0.1, ki=0.01,
+        ...     kd=0.01, delta_p_ema_alpha=0.9, delta_d_ema_alpha=0.5)
+        >>> round(float(new["multiplier"]), 6)  # 0.1*1.0 + (0.001 + 0.1) + 0.01*10
+        0.301
     """
     delta = episode_cost - cost_limit
     integral = (state["integral"] + delta * ki).clamp_min(0.0)
@@ -277,12 +289,15 @@ class PIDLagrangian(_Multiplier):
 
     Args:
         cost_limit: :math:`d`.
-        kp, ki, kd: PID gains.
+        kp: proportional gain :math:`K_p`.
+        ki: integral gain :math:`K_i`.
+        kd: derivative gain :math:`K_d`.
         d_delay: :math:`D`, how many updates back the derivative term looks.
         pid_delta_p_ema_alpha: :math:`\\alpha_p`, EMA factor of the proportional error.
         pid_delta_d_ema_alpha: :math:`\\alpha_d`, EMA factor of the cost fed to the D term.
-        sum_norm, diff_norm: OmniSafe's flags (``diff_norm`` clips :math:`I, \\lambda` to
-            :math:`[0,1]`; with neither set :math:`\\lambda` is clipped at ``penalty_max``).
+        sum_norm: OmniSafe's flag; with neither flag set :math:`\\lambda` is clipped at
+            ``penalty_max``.
+        diff_norm: OmniSafe's flag: clips :math:`I, \\lambda` to :math:`[0,1]`.
         penalty_max: see above.
         lagrangian_multiplier_init: initial value of the integral :math:`I` (the multiplier
             itself starts at 0 until the first update, as in OmniSafe).
@@ -294,10 +309,11 @@ class PIDLagrangian(_Multiplier):
     State (buffers): ``cost_limit``, ``raw_gains`` ``[3]`` (or parameter), ``integral``,
     ``delta_p``, ``cost_d``, ``multiplier``, ``cost_d_history`` ``[D]``, ``history_index``.
 
-    >>> pid = PIDLagrangian(cost_limit=10.0, kp=0.1, ki=0.01, kd=0.01, d_delay=2,
-    ...                     pid_delta_p_ema_alpha=0.9, pid_delta_d_ema_alpha=0.5)
-    >>> [round(float(pid.update(jc)), 6) for jc in (20.0, 30.0, 5.0)]
-    [0.301, 0.791, 0.487]
+    Examples:
+        >>> pid = PIDLagrangian(cost_limit=10.0, kp=0.1, ki=0.01, kd=0.01, d_delay=2,
+        ...                     pid_delta_p_ema_alpha=0.9, pid_delta_d_ema_alpha=0.5)
+        >>> [round(float(pid.update(jc)), 6) for jc in (20.0, 30.0, 5.0)]
+        [0.301, 0.791, 0.487]
     """
 
     def __init__(
@@ -427,12 +443,13 @@ class PIDLagrangian(_Multiplier):
         An empty ``episode_cost`` (no episode finished in the batch) skips the step: no state
         changes (``history_index`` does not advance) and the current :math:`\\lambda` is returned.
 
-        >>> pid = PIDLagrangian(cost_limit=10.0, kp=0.1, ki=0.01, kd=0.01, d_delay=2,
-        ...                     pid_delta_p_ema_alpha=0.9, pid_delta_d_ema_alpha=0.5)
-        >>> round(float(pid.update(20.0)), 6), round(float(pid.update([])), 6)
-        (0.301, 0.301)
-        >>> int(pid.history_index)  # one step taken
-        1
+        Examples:
+            >>> pid = PIDLagrangian(cost_limit=10.0, kp=0.1, ki=0.01, kd=0.01, d_delay=2,
+            ...                     pid_delta_p_ema_alpha=0.9, pid_delta_d_ema_alpha=0.5)
+            >>> round(float(pid.update(20.0)), 6), round(float(pid.update([])), 6)
+            (0.301, 0.301)
+            >>> int(pid.history_index)  # one step taken
+            1
         """
         if _episode_cost_tensor(episode_cost, self.cost_limit) is None:
             return self.multiplier.clone()

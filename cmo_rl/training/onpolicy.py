@@ -50,14 +50,15 @@ def compute_advantages(
     :func:`~cmo_rl.objectives.normalize_advantages` over the whole batch (the value targets
     are left as they are).
 
-    >>> from cmo_rl.envs.factory import make_env
-    >>> from cmo_rl.modules import actor_critic_from_env
-    >>> from cmo_rl.objectives import make_value_estimators
-    >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0, max_episode_steps=5)
-    >>> actor, critic, cost_critic = actor_critic_from_env(env, hidden_layers=(8,))
-    >>> batch = compute_advantages(env.rollout(5, actor), *make_value_estimators(critic, cost_critic))
-    >>> [abs(float(batch[k].mean())) < 1e-6 for k in ("advantage", "cost_advantage")]
-    [True, True]
+    Examples:
+        >>> from cmo_rl.envs.factory import make_env
+        >>> from cmo_rl.modules import actor_critic_from_env
+        >>> from cmo_rl.objectives import make_value_estimators
+        >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0, max_episode_steps=5)
+        >>> actor, critic, cost_critic = actor_critic_from_env(env, hidden_layers=(8,))
+        >>> batch = compute_advantages(env.rollout(5, actor), *make_value_estimators(critic, cost_critic))
+        >>> [abs(float(batch[k].mean())) < 1e-6 for k in ("advantage", "cost_advantage")]
+        [True, True]
     """
     with torch.no_grad():
         gae(batch)
@@ -77,9 +78,10 @@ def make_optimizer(groups: Mapping[str, nn.Module], lr: float) -> torch.optim.Ad
     Each group keeps its ``"name"``, so :func:`set_lr` can change one group's learning rate and
     :func:`minibatch_epochs` clips each group's gradient norm separately.
 
-    >>> opt = make_optimizer({"actor": nn.Linear(2, 1), "critic": nn.Linear(2, 1)}, lr=3e-4)
-    >>> [(g["name"], g["lr"]) for g in opt.param_groups]
-    [('actor', 0.0003), ('critic', 0.0003)]
+    Examples:
+        >>> opt = make_optimizer({"actor": nn.Linear(2, 1), "critic": nn.Linear(2, 1)}, lr=3e-4)
+        >>> [(g["name"], g["lr"]) for g in opt.param_groups]
+        [('actor', 0.0003), ('critic', 0.0003)]
     """
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
@@ -95,11 +97,12 @@ def make_optimizer(groups: Mapping[str, nn.Module], lr: float) -> torch.optim.Ad
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, group: str | None = None) -> float:
     """Set the learning rate of the group named ``group`` (``None``: all groups); returns ``lr``.
 
-    >>> opt = make_optimizer({"actor": nn.Linear(2, 1), "critic": nn.Linear(2, 1)}, lr=3e-4)
-    >>> set_lr(opt, 1e-4, group="actor")
-    0.0001
-    >>> [(g["name"], g["lr"]) for g in opt.param_groups]
-    [('actor', 0.0001), ('critic', 0.0003)]
+    Examples:
+        >>> opt = make_optimizer({"actor": nn.Linear(2, 1), "critic": nn.Linear(2, 1)}, lr=3e-4)
+        >>> set_lr(opt, 1e-4, group="actor")
+        0.0001
+        >>> [(g["name"], g["lr"]) for g in opt.param_groups]
+        [('actor', 0.0001), ('critic', 0.0003)]
     """
     found = False
     for param_group in optimizer.param_groups:
@@ -115,8 +118,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, group: str | None = None
 def linear_lr(base_lr: float, epoch: int, num_epochs: int) -> float:
     """:math:`\\eta_0 (1 - e / E)`: ``base_lr`` at epoch 0, ``base_lr / E`` at the last epoch.
 
-    >>> [linear_lr(1.0, e, 4) for e in range(4)]
-    [1.0, 0.75, 0.5, 0.25]
+    Examples:
+        >>> [linear_lr(1.0, e, 4) for e in range(4)]
+        [1.0, 0.75, 0.5, 0.25]
     """
     if num_epochs < 1 or not 0 <= epoch < num_epochs:
         raise ValueError(
@@ -152,17 +156,18 @@ def approx_kl(
     ``batch`` holds the collected ``action`` and its behaviour ``action_log_prob``; it is not
     modified.
 
-    >>> from cmo_rl.envs.factory import make_env
-    >>> from cmo_rl.modules import make_actor
-    >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0)
-    >>> actor = make_actor(env, hidden_layers=(4,))
-    >>> with torch.no_grad():
-    ...     batch = env.rollout(3, actor)
-    >>> approx_kl(actor, batch)  # the same policy: zero
-    0.0
-    >>> batch["action_log_prob"] = batch["action_log_prob"] + 0.25  # pi_old was likelier
-    >>> round(approx_kl(actor, batch), 6)  # log r = -0.25 everywhere: e^-0.25 - 1 + 0.25
-    0.028801
+    Examples:
+        >>> from cmo_rl.envs.factory import make_env
+        >>> from cmo_rl.modules import make_actor
+        >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0)
+        >>> actor = make_actor(env, hidden_layers=(4,))
+        >>> with torch.no_grad():
+        ...     batch = env.rollout(3, actor)
+        >>> approx_kl(actor, batch)  # the same policy: zero
+        0.0
+        >>> batch["action_log_prob"] = batch["action_log_prob"] + 0.25  # pi_old was likelier
+        >>> round(approx_kl(actor, batch), 6)  # log r = -0.25 everywhere: e^-0.25 - 1 + 0.25
+        0.028801
     """
     with torch.no_grad():
         dist = actor.get_dist(batch.clone(False))
@@ -219,16 +224,17 @@ def minibatch_epochs(
         pre-clip norm of the ``actor`` group, else the first group), ``kl`` (last ``kl_fn``
         value, when given), ``update_passes`` and ``skipped_updates``.
 
-    >>> layer = nn.Linear(1, 1, bias=False)
-    >>> _ = nn.init.zeros_(layer.weight)
-    >>> from tensordict import TensorDict
-    >>> data = TensorDict(x=torch.ones(8, 1), y=torch.full((8, 1), 2.0), batch_size=[8])
-    >>> def loss_fn(td):
-    ...     return TensorDict(loss_mse=(layer(td["x"]) - td["y"]).pow(2).mean())
-    >>> out = minibatch_epochs(data, loss_fn, torch.optim.SGD(layer.parameters(), lr=0.25),
-    ...                        update_iters=2, minibatch_size=4, guard=NonFiniteGuard())
-    >>> round(layer.weight.item(), 4), out["update_passes"], out["skipped_updates"]
-    (1.875, 2, 0)
+    Examples:
+        >>> layer = nn.Linear(1, 1, bias=False)
+        >>> _ = nn.init.zeros_(layer.weight)
+        >>> from tensordict import TensorDict
+        >>> data = TensorDict(x=torch.ones(8, 1), y=torch.full((8, 1), 2.0), batch_size=[8])
+        >>> def loss_fn(td):
+        ...     return TensorDict(loss_mse=(layer(td["x"]) - td["y"]).pow(2).mean())
+        >>> out = minibatch_epochs(data, loss_fn, torch.optim.SGD(layer.parameters(), lr=0.25),
+        ...                        update_iters=2, minibatch_size=4, guard=NonFiniteGuard())
+        >>> round(layer.weight.item(), 4), out["update_passes"], out["skipped_updates"]
+        (1.875, 2, 0)
     """
     if batch.batch_dims != 1:
         raise ValueError(f"batch must be flat ([N]), got batch_size {tuple(batch.batch_size)}")
@@ -302,8 +308,9 @@ _TRAIN_METRICS = {
 def train_metrics(update: Mapping[str, float]) -> dict[str, float]:
     """The documented ``train/...`` metrics of a :func:`minibatch_epochs` result.
 
-    >>> train_metrics({"loss_objective": 0.1, "kl": 0.01, "ratio_mean": 1.0, "update_passes": 3})
-    {'train/loss_objective': 0.1, 'train/kl': 0.01}
+    Examples:
+        >>> train_metrics({"loss_objective": 0.1, "kl": 0.01, "ratio_mean": 1.0, "update_passes": 3})
+        {'train/loss_objective': 0.1, 'train/kl': 0.01}
     """
     out = {}
     for key, value in update.items():

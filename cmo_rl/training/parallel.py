@@ -66,8 +66,9 @@ BACKENDS = ("sync", "multi_sync", "ray")
 def worker_action_seed(env_seed: int, worker_index: int) -> int:
     """Seed of worker ``worker_index``'s torch RNG for the batch whose env seed is ``env_seed``.
 
-    >>> worker_action_seed(1000003, 0), worker_action_seed(1000003, 1) - worker_action_seed(1000003, 0)
-    (1099512627779, 1)
+    Examples:
+        >>> worker_action_seed(1000003, 0), worker_action_seed(1000003, 1) - worker_action_seed(1000003, 0)
+        (1099512627779, 1)
     """
     return ACTION_SEED_SHIFT + int(env_seed) + int(worker_index)
 
@@ -86,11 +87,12 @@ class CollectorConfig:
             started on first use unless one is running; ``"auto"``: the cluster this machine
             belongs to; ``"ray://host:10001"``: a remote cluster's client server).
 
-    >>> CollectorConfig.from_config({"num_envs": 8, "collector": {"backend": "multi_sync",
-    ...     "num_workers": 2, "envs_per_worker": None, "ray_address": None}}).envs_per_worker
-    4
-    >>> CollectorConfig.from_config({"num_envs": 8}).backend  # no block: one process
-    'sync'
+    Examples:
+        >>> CollectorConfig.from_config({"num_envs": 8, "collector": {"backend": "multi_sync",
+        ...     "num_workers": 2, "envs_per_worker": None, "ray_address": None}}).envs_per_worker
+        4
+        >>> CollectorConfig.from_config({"num_envs": 8}).backend  # no block: one process
+        'sync'
     """
 
     backend: str = "sync"
@@ -159,10 +161,11 @@ class WorkerSpec:
     Build it with :func:`worker_spec` from a recipe config; pass it to
     :func:`~cmo_rl.training.collection.make_collector` as ``workers=``.
 
-    >>> spec = WorkerSpec(CollectorConfig("multi_sync", num_workers=2, envs_per_worker=2),
-    ...                   "MockCMDP-v0", max_episode_steps=5)
-    >>> spec.collector.backend, spec.env_id
-    ('multi_sync', 'MockCMDP-v0')
+    Examples:
+        >>> spec = WorkerSpec(CollectorConfig("multi_sync", num_workers=2, envs_per_worker=2),
+        ...                   "MockCMDP-v0", max_episode_steps=5)
+        >>> spec.collector.backend, spec.env_id
+        ('multi_sync', 'MockCMDP-v0')
     """
 
     collector: CollectorConfig
@@ -173,14 +176,15 @@ class WorkerSpec:
 def worker_spec(cfg: Mapping[str, Any]) -> WorkerSpec | None:
     """The :class:`WorkerSpec` of a recipe config, or ``None`` for ``collector.backend=sync``.
 
-    >>> cfg = {"env_id": "MockCMDP-v0", "num_envs": 4, "max_episode_steps": 10,
-    ...        "collector": {"backend": "multi_sync", "num_workers": 2, "envs_per_worker": None,
-    ...                      "ray_address": None}}
-    >>> spec = worker_spec(cfg)
-    >>> spec.collector.num_workers, spec.collector.envs_per_worker, spec.max_episode_steps
-    (2, 2, 10)
-    >>> worker_spec({**cfg, "collector": None}) is None
-    True
+    Examples:
+        >>> cfg = {"env_id": "MockCMDP-v0", "num_envs": 4, "max_episode_steps": 10,
+        ...        "collector": {"backend": "multi_sync", "num_workers": 2, "envs_per_worker": None,
+        ...                      "ray_address": None}}
+        >>> spec = worker_spec(cfg)
+        >>> spec.collector.num_workers, spec.collector.envs_per_worker, spec.max_episode_steps
+        (2, 2, 10)
+        >>> worker_spec({**cfg, "collector": None}) is None
+        True
     """
     collector = CollectorConfig.from_config(cfg)
     if collector.backend == "sync":
@@ -203,9 +207,10 @@ class WorkerEnv:
     statistics *are* the training env's (shared memory) and updates them under its lock.
     The built env is registered in the process, for the per-epoch seeding hook.
 
-    >>> env = WorkerEnv("MockCMDP-v0", num_envs=2, worker_index=1, max_episode_steps=5)()
-    >>> tuple(env.batch_size), env.rollout(5)["next", "step_count"][:, -1].flatten().tolist()
-    ((2,), [5, 5])
+    Examples:
+        >>> env = WorkerEnv("MockCMDP-v0", num_envs=2, worker_index=1, max_episode_steps=5)()
+        >>> tuple(env.batch_size), env.rollout(5)["next", "step_count"][:, -1].flatten().tolist()
+        ((2,), [5, 5])
     """
 
     env_id: str
@@ -311,16 +316,21 @@ class WorkerCollector:
         env: the training env (its observation norm, if any, is shared with the workers).
         policy: the actor, on ``device``; workers run CPU copies.
         spec: :class:`WorkerSpec`.
-        steps_per_epoch, num_epochs, seed, first_epoch, device: as for ``make_collector``.
+        steps_per_epoch: frames per batch, all envs together, as for ``make_collector``.
+        num_epochs: epochs of the whole run, as for ``make_collector``.
+        seed: the run's seed, as for ``make_collector``.
+        first_epoch: index of the first epoch collected, as for ``make_collector``.
+        device: policy and storage device, as for ``make_collector``.
 
-    >>> from cmo_rl.envs.factory import make_env
-    >>> from cmo_rl.modules import make_actor
-    >>> env = make_env("MockCMDP-v0", num_envs=4, max_episode_steps=5)
-    >>> spec = WorkerSpec(CollectorConfig("multi_sync", 2, 2), "MockCMDP-v0", 5)
-    >>> collector = WorkerCollector(env, make_actor(env, hidden_layers=(4,)), spec,
-    ...                             steps_per_epoch=20, num_epochs=3, seed=0, first_epoch=1)
-    >>> collector.remaining, collector.steps  # no process starts before the first iteration
-    (2, 5)
+    Examples:
+        >>> from cmo_rl.envs.factory import make_env
+        >>> from cmo_rl.modules import make_actor
+        >>> env = make_env("MockCMDP-v0", num_envs=4, max_episode_steps=5)
+        >>> spec = WorkerSpec(CollectorConfig("multi_sync", 2, 2), "MockCMDP-v0", 5)
+        >>> collector = WorkerCollector(env, make_actor(env, hidden_layers=(4,)), spec,
+        ...                             steps_per_epoch=20, num_epochs=3, seed=0, first_epoch=1)
+        >>> collector.remaining, collector.steps  # no process starts before the first iteration
+        (2, 5)
     """
 
     def __init__(
@@ -463,10 +473,11 @@ def shutdown_collector(collector: Any) -> None:
     process forever (seen in ``benchmarks/env_throughput.py``). Shutting the schemes down while
     the interpreter is alive makes their ``__del__`` a no-op.
 
-    >>> from torchrl.collectors import Collector
-    >>> from cmo_rl.testing import MockCMDPEnv
-    >>> collector = Collector(MockCMDPEnv(num_envs=2), None, frames_per_batch=4, total_frames=4)
-    >>> shutdown_collector(collector)  # no schemes: just ``shutdown()``
+    Examples:
+        >>> from torchrl.collectors import Collector
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> collector = Collector(MockCMDPEnv(num_envs=2), None, frames_per_batch=4, total_frames=4)
+        >>> shutdown_collector(collector)  # no schemes: just ``shutdown()``
     """
     collector.shutdown()
     for scheme in (getattr(collector, "_weight_sync_schemes", None) or {}).values():
@@ -491,7 +502,8 @@ def ray_init_config(address: str | None) -> dict[str, Any]:
     ``None`` starts a local Ray on this machine, ``"auto"`` joins the cluster of this node,
     ``"ray://head:10001"`` connects to a remote cluster's client server).
 
-    >>> ray_init_config(None), ray_init_config("auto")
-    ({'address': None, 'log_to_driver': False}, {'address': 'auto', 'log_to_driver': False})
+    Examples:
+        >>> ray_init_config(None), ray_init_config("auto")
+        ({'address': None, 'log_to_driver': False}, {'address': 'auto', 'log_to_driver': False})
     """
     return {"address": address, "log_to_driver": False}

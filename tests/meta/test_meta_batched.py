@@ -69,13 +69,13 @@ def _initial(opt, params):
 
 def _score(actor, params, lam, data):
     """A scalar of the outputs: the meta-objective of each task's theta_2 plus its lambda_2."""
-    j_r, j_c = data_surrogate(actor, horizon=T)(params, data)
+    j_r, j_c = data_surrogate(actor, episode_length=T)(params, data)
     return meta_objective(j_r, j_c, cost_limit=COST_LIMIT, mu=MU) + lam
 
 
 def _sequential(opt, actor, params, data, steps=2, first_order_last=False):
     lam, state = _initial(opt, params)
-    estimates = data_surrogate(actor, horizon=T)
+    estimates = data_surrogate(actor, episode_length=T)
     outs, score = [], 0.0
     for b in range(B):
         theta, la, s = params[b], lam[b], state[b]
@@ -98,7 +98,7 @@ def _sequential(opt, actor, params, data, steps=2, first_order_last=False):
 
 def _batched(opt, actor, params, data, steps=2):
     lam, state = _initial(opt, params)
-    estimates = data_surrogate(actor, horizon=T)
+    estimates = data_surrogate(actor, episode_length=T)
     theta, la, s = params, lam, state
     for _ in range(steps):
         out = batched_inner_step(
@@ -150,13 +150,13 @@ def test_first_step_values_match_inner_step_records(problem):
     opt = _pid()
     lam, state = _initial(opt, params)
     out = batched_inner_step(
-        opt, data_surrogate(actor, horizon=T), params, lam, state, data,
+        opt, data_surrogate(actor, episode_length=T), params, lam, state, data,
         cost_limit=COST_LIMIT, violation_scale=SCALE,
     )  # fmt: skip
     for b in range(B):
         *_, record = inner_step(
-            opt, lambda q, b=b: data_surrogate(actor, horizon=T)(q, data[b]), params[b], lam[b],
-            state[b], cost_limit=COST_LIMIT, violation_scale=SCALE, differentiable=True,
+            opt, lambda q, b=b: data_surrogate(actor, episode_length=T)(q, data[b]), params[b],
+            lam[b], state[b], cost_limit=COST_LIMIT, violation_scale=SCALE, differentiable=True,
         )  # fmt: skip
         assert out.return_estimate[b].item() == pytest.approx(record["return_estimate"], abs=1e-12)
         assert out.cost_estimate[b].item() == pytest.approx(record["cost_estimate"], abs=1e-12)
@@ -172,7 +172,7 @@ def test_not_differentiable_mode_matches_and_has_no_graph(problem):
     opt = _lstm()
     lam, state = _initial(opt, params)
     kwargs = dict(cost_limit=COST_LIMIT, violation_scale=SCALE)
-    estimates = data_surrogate(actor, horizon=T)
+    estimates = data_surrogate(actor, episode_length=T)
     frozen = batched_inner_step(
         opt, estimates, params, lam, state, data, differentiable=False, **kwargs
     )
@@ -189,7 +189,7 @@ def test_bad_input_is_named(problem):
     actor, params, data = problem
     opt = _pid()
     lam, state = _initial(opt, params)
-    estimates = data_surrogate(actor, horizon=T)
+    estimates = data_surrogate(actor, episode_length=T)
     kwargs = dict(cost_limit=COST_LIMIT)
     with pytest.raises(ValueError, match="stacked over tasks"):
         batched_inner_step(opt, estimates, params[0], lam, state, data, **kwargs)
@@ -205,5 +205,5 @@ def test_bad_input_is_named(problem):
         batched_inner_step(
             opt, estimates, params, lam, state, data.exclude("episode_cost"), **kwargs
         )
-    with pytest.raises(ValueError, match="horizon"):
-        data_surrogate(actor, horizon=0)
+    with pytest.raises(ValueError, match="episode_length"):
+        data_surrogate(actor, episode_length=0)

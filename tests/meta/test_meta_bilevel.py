@@ -18,7 +18,7 @@ from cmo_rl.meta.pid import PIDMetaOptimizer
 from cmo_rl.meta.problems import ContextualBanditCMDP
 from cmo_rl.meta.trainer import MetaTrainer
 
-SETTINGS = dict(inner_steps=4, cost_limit=3.0, mu=2.0)
+SETTINGS = dict(inner_rollouts=4, cost_limit=3.0, mu=2.0)
 
 
 def _task(seed=3):
@@ -120,7 +120,7 @@ def test_truncated_meta_gradient_is_the_derivative_through_the_window_only():
     frozen = copy.deepcopy(opt)
 
     def windowed():
-        switch = _Switch(frozen, opt, n=SETTINGS["inner_steps"] - window)
+        switch = _Switch(frozen, opt, n=SETTINGS["inner_rollouts"] - window)
         return bilevel_objective(switch, task, unroll_steps=4, **SETTINGS).objective
 
     for p, g in zip(opt.parameters(), grads):
@@ -140,21 +140,21 @@ def test_memory_of_the_window_only():
             return out
 
     spy = Spy(init_KP=0.5, init_KI=0.2, init_KD=0.1, init_etaR=0.1, init_etaC=0.1).double()
-    unroll(spy, task, inner_steps=5, unroll_steps=2, cost_limit=3.0)
+    unroll(spy, task, inner_rollouts=5, unroll_steps=2, cost_limit=3.0)
     assert seen == [False, False, False, True, True]
     with pytest.raises(ValueError, match="unroll_steps"):
-        unroll(opt, task, inner_steps=3, unroll_steps=0, cost_limit=3.0)
+        unroll(opt, task, inner_rollouts=3, unroll_steps=0, cost_limit=3.0)
 
 
 def test_lambda_rises_while_cost_exceeds_the_limit_and_falls_to_zero_when_safe():
     task = _task()
     over = unroll(
-        _pid(init_etaR=1e-3, init_etaC=1e-3), task, inner_steps=5, unroll_steps=5, cost_limit=1.0
+        _pid(init_etaR=1e-3, init_etaC=1e-3), task, inner_rollouts=5, unroll_steps=5, cost_limit=1.0
     )
     lams = [0.2] + [r["lambda"] for r in over.rounds]
     assert all(r["cost_estimate"] > 1.0 for r in over.rounds)
     assert all(b > a for a, b in zip(lams, lams[1:])), lams
-    safe = unroll(_pid(), task, inner_steps=3, unroll_steps=3, cost_limit=50.0)
+    safe = unroll(_pid(), task, inner_rollouts=3, unroll_steps=3, cost_limit=50.0)
     assert [r["lambda"] for r in safe.rounds] == [0.0, 0.0, 0.0]
 
 
@@ -163,14 +163,14 @@ def test_policy_step_signs():
     theta0 = task.init_params()
     j_r0, j_c0 = (v.item() for v in task.estimates(theta0))
     # constraint slack -> lambda = 0 -> a pure reward-ascent step: return goes up
-    res = unroll(_pid(init_lambda=0.0), task, inner_steps=1, unroll_steps=1, cost_limit=50.0)
+    res = unroll(_pid(init_lambda=0.0), task, inner_rollouts=1, unroll_steps=1, cost_limit=50.0)
     j_r1, _ = task.estimates(res.params)
     assert res.rounds[0]["lambda"] == 0.0 and j_r1.item() > j_r0
     # constraint violated, tiny reward step, large lambda: cost goes down
     res = unroll(
         _pid(init_KP=10.0, init_etaR=1e-6, init_etaC=0.1),
         task,
-        inner_steps=1,
+        inner_rollouts=1,
         unroll_steps=1,
         cost_limit=1.0,
     )

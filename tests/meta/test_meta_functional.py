@@ -110,9 +110,14 @@ def test_log_prob_of_matches_hand_gaussian():
 
 def test_surrogate_value_and_policy_gradient():
     actor, params, batch = _batch()
-    horizon = 5
+    episode_length = 5
     j_r, j_c = surrogate_estimates(
-        actor, require_grad(params), batch, episode_return=7.0, episode_cost=3.0, horizon=horizon
+        actor,
+        require_grad(params),
+        batch,
+        episode_return=7.0,
+        episode_cost=3.0,
+        episode_length=episode_length,
     )
     # value at the sampling parameters: the measured return / cost
     assert j_r.item() == pytest.approx(7.0, abs=1e-5)
@@ -120,13 +125,14 @@ def test_surrogate_value_and_policy_gradient():
     # gradient: T * mean(grad log pi * A), with the log-prob written by hand
     g_r = grad_of(
         lambda q: surrogate_estimates(
-            actor, q, batch, episode_return=7.0, episode_cost=3.0, horizon=horizon
+            actor, q, batch, episode_return=7.0, episode_cost=3.0, episode_length=episode_length
         )[0],
         params,
     )
     g_hand = grad_of(
         lambda q: (
-            horizon * (_hand_log_prob(actor, q, batch) * batch["advantage"].squeeze(-1)).mean()
+            episode_length
+            * (_hand_log_prob(actor, q, batch) * batch["advantage"].squeeze(-1)).mean()
         ),
         params,
     )
@@ -139,7 +145,7 @@ def test_surrogate_away_from_sampling_point():
     actor, params, batch = _batch(1)
     moved = params.apply(lambda p: p + 0.05)
     j_r, _ = surrogate_estimates(
-        actor, moved, batch, episode_return=1.0, episode_cost=0.0, horizon=5
+        actor, moved, batch, episode_return=1.0, episode_cost=0.0, episode_length=5
     )
     ratio = (_hand_log_prob(actor, moved, batch) - batch["action_log_prob"]).exp()
     expected = 1.0 + 5 * ((ratio - 1) * batch["advantage"].squeeze(-1)).mean()
@@ -150,4 +156,6 @@ def test_surrogate_rejects_missing_keys():
     actor, params, batch = _batch()
     del batch["cost_advantage"]
     with pytest.raises(ValueError, match="cost_advantage"):
-        surrogate_estimates(actor, params, batch, episode_return=0.0, episode_cost=0.0, horizon=5)
+        surrogate_estimates(
+            actor, params, batch, episode_return=0.0, episode_cost=0.0, episode_length=5
+        )

@@ -25,7 +25,7 @@ def _held_out_objective(opt, seeds):
         bilevel_objective(
             opt,
             ContextualBanditCMDP.sample(s),
-            inner_steps=5,
+            inner_rollouts=5,
             unroll_steps=5,
             cost_limit=3.0,
             mu=5.0,
@@ -78,7 +78,9 @@ def test_rl_meta_iteration_end_to_end(kind):
     # every meta-parameter tensor gets a non-zero, finite meta-gradient of sane scale
     problem = trainer.task_sampler(0)
     assert isinstance(problem, RolloutCMDP)
-    result = bilevel_objective(opt, problem, inner_steps=3, unroll_steps=3, cost_limit=1.0, mu=2.0)
+    result = bilevel_objective(
+        opt, problem, inner_rollouts=3, unroll_steps=3, cost_limit=1.0, mu=2.0
+    )
     result.objective.backward()
     # measured at this init: PID gains >= 3e-4 (KD smallest, etaR ~1); LSTM tensors >= 2e-5
     # (the multiplier head, which acts only through the LSTM's features)
@@ -90,11 +92,11 @@ def test_rl_meta_iteration_end_to_end(kind):
     before = [p.detach().clone() for p in opt.parameters()]
     metrics = trainer.meta_iteration()
     assert all(not torch.equal(b, p) for b, p in zip(before, opt.parameters()))
-    for key in ("meta/objective", "train/return", "train/cost", "train/lambda", "meta/grad_norm"):
+    for key in ("meta/objective", "meta/return", "meta/cost", "meta/lambda", "meta/grad_norm"):
         assert math.isfinite(metrics[key]), key
     for group in opt.meta_parameter_groups():
         assert metrics[f"meta/grad_norm/{group}"] > 0
-    assert metrics["meta/skipped"] == 0.0 and metrics["meta/iteration"] == 1.0
+    assert metrics["meta/skipped_updates"] == 0.0 and metrics["meta/iteration"] == 1.0
     assert metrics["time/collect"] > 0 and metrics["time/backward"] > 0
     assert metrics["time/iteration"] >= metrics["time/collect"] + metrics["time/inner"]
 
@@ -112,7 +114,7 @@ def test_rollout_rounds_measure_the_batch_and_improve_return():
     assert j_c.item() == pytest.approx(rnd.metrics["cost"], abs=1e-4)
     # a constraint-free PID (lambda stays 0) raises the return: the primal step has the right sign
     opt = make_meta_optimizer("pid", init_etaR=0.05, init_lambda=0.0)
-    out = run_frozen(opt, sampler(1), budget=3, cost_limit=100.0)
+    out = run_frozen(opt, sampler(1), inner_rollouts=3, cost_limit=100.0)
     returns = [r["return"] for r in out["rounds"]]
     assert [r["lambda"] for r in out["rounds"]] == [0.0] * 4
     assert returns[-1] > returns[0] + 2.0, returns
@@ -133,7 +135,13 @@ def test_meta_test_keeps_the_optimizer_frozen():
     before = copy.deepcopy(opt.state_dict())
     sampler = RolloutTaskSampler([MOCK], **TASK_KW)
     results = meta_test(
-        {"lstm": opt}, sampler, budget=2, seeds=[0, 1], cost_limit=1.0, mu=1.0, eval_episodes=8
+        {"lstm": opt},
+        sampler,
+        inner_rollouts=2,
+        seeds=[0, 1],
+        cost_limit=1.0,
+        mu=1.0,
+        eval_episodes=8,
     )
     assert len(results) == 2 and [r["seed"] for r in results] == [0, 1]
     for r in results:
@@ -187,7 +195,8 @@ def test_balanced_tasks_take_the_env_ids_in_turn_and_resume_the_count():
         run.meta_iteration()
         assert [t.name for t in run.last_tasks] == ["MockCMDPEnv", "MockCMDP-v0", "MockCMDPEnv"]
     assert resumed.env_steps == first.env_steps == 6 * 40
-    assert [t.final_cost for t in resumed.last_tasks] == [t.final_cost for t in first.last_tasks]
+    costs = [[t.metrics["meta/cost"] for t in run.last_tasks] for run in (resumed, first)]
+    assert costs[0] == costs[1]
     old = {k: v for k, v in first.state_dict().items() if k != "task_count"}
     resumed.load_state_dict(old)  # a checkpoint from before the count: iterations x batch
     assert resumed.task_count == 6
@@ -254,7 +263,7 @@ def test_non_finite_meta_gradient_policy():
     before = [p.detach().clone() for p in opt.parameters()]
     settings = dict(inner_rollouts=2, unroll_steps=2, meta_batch_size=1, cost_limit=3.0, mu=1.0)
     metrics = MetaTrainer(opt, broken, **settings).meta_iteration()
-    assert metrics["meta/skipped"] == 1.0
+    assert metrics["meta/skipped_updates"] == 1.0
     assert all(torch.equal(b, p) for b, p in zip(before, opt.parameters()))
     with pytest.raises(FloatingPointError, match="non-finite"):
         MetaTrainer(opt, broken, nan_policy="raise", **settings).meta_iteration()
@@ -267,13 +276,15 @@ def test_trainer_rejects_bad_arguments():
         MetaTrainer(opt, ContextualBanditCMDP.sample, **{**base, "unroll_steps": 0})
     with pytest.raises(ValueError, match="nan_policy"):
         MetaTrainer(opt, ContextualBanditCMDP.sample, nan_policy="ignore", **base)
-    with pytest.raises(ValueError, match="budget"):
+    with pytest.raises(ValueError, match="inner_rollouts"):
         sampler = RolloutTaskSampler([MOCK], **TASK_KW)
-        meta_test({"pid": opt}, sampler, budget=0, seeds=[0], cost_limit=1.0, mu=1.0)
+        meta_test({"pid": opt}, sampler, inner_rollouts=0, seeds=[0], cost_limit=1.0, mu=1.0)
     with pytest.raises(ValueError, match="balanced_tasks"):
         MetaTrainer(opt, ContextualBanditCMDP.sample, balanced_tasks=True, **base)
-    with pytest.raises(ValueError, match="inner_steps"):
-        unroll(opt, ContextualBanditCMDP.sample(0), inner_steps=0, unroll_steps=1, cost_limit=1.0)
+    with pytest.raises(ValueError, match="inner_rollouts"):
+        unroll(
+            opt, ContextualBanditCMDP.sample(0), inner_rollouts=0, unroll_steps=1, cost_limit=1.0
+        )
 
 
 @pytest.mark.cuda
@@ -286,7 +297,7 @@ def test_rl_meta_iteration_on_cuda(kind):
         opt, sampler, inner_rollouts=2, unroll_steps=2, meta_batch_size=1, cost_limit=1.0, mu=2.0
     )
     metrics = trainer.meta_iteration()
-    assert metrics["meta/skipped"] == 0.0 and math.isfinite(metrics["meta/objective"])
+    assert metrics["meta/skipped_updates"] == 0.0 and math.isfinite(metrics["meta/objective"])
     assert all(p.is_cuda for p in opt.parameters())
 
 
@@ -295,8 +306,8 @@ def _held_out_rl_objective(opt, kw, seeds=range(100, 108)):
     values = []
     for seed in seeds:
         torch.manual_seed(seed)
-        out = run_frozen(opt, sampler(seed), budget=4, cost_limit=3.0)
-        values.append(out["final_return"] - 5.0 * max(0.0, out["final_cost"] - 3.0))
+        out = run_frozen(opt, sampler(seed), inner_rollouts=4, cost_limit=3.0)
+        values.append(out["return"] - 5.0 * max(0.0, out["cost"] - 3.0))
     return sum(values) / len(values)
 
 

@@ -8,8 +8,8 @@ The meta-optimizer is rebuilt from the checkpoint's config and weights and never
 (no meta-gradient). The policy, critics and inner round are those of the meta-test
 (:class:`cmo_rl.meta.RolloutTaskSampler` with the checkpoint's ``gamma``, ``gae_lambda``,
 ``critic_lr``, ``critic_steps``; no observation normalisation, as in meta-training), with this
-run's ``hidden_layers``, horizon ``T = max_episode_steps`` and ``B = num_envs`` envs; the rounds
-are :func:`cmo_rl.meta.unroll` without a meta-graph (``differentiable=False``), logged and
+run's ``hidden_layers``, episode length ``T = max_episode_steps`` and ``B = num_envs`` envs; the
+rounds are :func:`cmo_rl.meta.unroll` without a meta-graph (``differentiable=False``), logged and
 evaluated after each update. For ``k = 0 .. total_steps // (B T) - 1``:
 
 .. math::
@@ -103,17 +103,18 @@ def load_meta_optimizer(
     config and the checkpoint file. Raises :class:`~cmo_rl.config.ConfigError` naming the file
     for anything unusable.
 
-    >>> import tempfile
-    >>> from cmo_rl.lifecycle.checkpoint import checkpoint_path, save_checkpoint
-    >>> from cmo_rl.meta import make_meta_optimizer
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     opt = make_meta_optimizer("pid", init_KP=0.5)
-    ...     cfg = {"meta_optimizer_type": "pid", "init_KP": 0.1, "cost_limit": 5.0}
-    ...     _ = save_checkpoint(checkpoint_path(d, 3), {"meta_optimizer": opt.state_dict(),
-    ...                                                 "config": cfg})
-    ...     loaded, meta_cfg, path = load_meta_optimizer(d)
-    ...     round(float(loaded.gains()["KP"]), 6), meta_cfg["cost_limit"], path.name
-    (0.5, 5.0, 'step_000000000003.pt')
+    Examples:
+        >>> import tempfile
+        >>> from cmo_rl.lifecycle.checkpoint import checkpoint_path, save_checkpoint
+        >>> from cmo_rl.meta import make_meta_optimizer
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     opt = make_meta_optimizer("pid", init_KP=0.5)
+        ...     cfg = {"meta_optimizer_type": "pid", "init_KP": 0.1, "cost_limit": 5.0}
+        ...     _ = save_checkpoint(checkpoint_path(d, 3), {"meta_optimizer": opt.state_dict(),
+        ...                                                 "config": cfg})
+        ...     loaded, meta_cfg, path = load_meta_optimizer(d)
+        ...     round(float(loaded.gains()["KP"]), 6), meta_cfg["cost_limit"], path.name
+        (0.5, 5.0, 'step_000000000003.pt')
     """
     from cmo_rl.meta import make_meta_optimizer
 
@@ -161,24 +162,25 @@ def train(cfg: Mapping[str, Any]) -> Path:
     """Run one frozen-optimizer training with ``cfg`` (:data:`SCHEMA` keys, validated);
     returns the run directory.
 
-    >>> import tempfile
-    >>> from cmo_rl.lifecycle.checkpoint import save_checkpoint
-    >>> from cmo_rl.meta import make_meta_optimizer
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     opt = make_meta_optimizer("pid", init_etaR=0.05)
-    ...     ckpt = save_checkpoint(f"{d}/meta.pt", {"meta_optimizer": opt.state_dict(),
-    ...                            "config": {"meta_optimizer_type": "pid", "init_etaR": 0.05}})
-    ...     cfg = {**DEFAULTS, "checkpoint": str(ckpt), "env_id": "MockCMDP-v0", "num_envs": 2,
-    ...            "max_episode_steps": 5, "total_steps": 30, "cost_limit": 1.0,
-    ...            "hidden_layers": [4], "eval_interval": 2, "eval_episodes": 2,
-    ...            "run_root": d, "progress": False}
-    ...     run = train(cfg)  # doctest: +ELLIPSIS
-    ...     import pandas as pd
-    ...     df = pd.read_csv(run / "metrics.csv")
-    ...     df["step"].tolist(), df["eval/episode_return"].notna().tolist()
-    run directory: ...meta_frozen/MockCMDP-v0/...
-    finished: ...meta_frozen/MockCMDP-v0/...
-    ([10, 20, 30], [False, True, True])
+    Examples:
+        >>> import tempfile
+        >>> from cmo_rl.lifecycle.checkpoint import save_checkpoint
+        >>> from cmo_rl.meta import make_meta_optimizer
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     opt = make_meta_optimizer("pid", init_etaR=0.05)
+        ...     ckpt = save_checkpoint(f"{d}/meta.pt", {"meta_optimizer": opt.state_dict(),
+        ...                            "config": {"meta_optimizer_type": "pid", "init_etaR": 0.05}})
+        ...     cfg = {**DEFAULTS, "checkpoint": str(ckpt), "env_id": "MockCMDP-v0", "num_envs": 2,
+        ...            "max_episode_steps": 5, "total_steps": 30, "cost_limit": 1.0,
+        ...            "hidden_layers": [4], "eval_interval": 2, "eval_episodes": 2,
+        ...            "run_root": d, "progress": False}
+        ...     run = train(cfg)  # doctest: +ELLIPSIS
+        ...     import pandas as pd
+        ...     df = pd.read_csv(run / "metrics.csv")
+        ...     df["step"].tolist(), df["eval/episode_return"].notna().tolist()
+        run directory: ...meta_frozen/MockCMDP-v0/...
+        finished: ...meta_frozen/MockCMDP-v0/...
+        ([10, 20, 30], [False, True, True])
     """
     from cmo_rl.envs.factory import make_env
     from cmo_rl.meta import RolloutTaskSampler, TaskSettings, unroll
@@ -188,8 +190,8 @@ def train(cfg: Mapping[str, Any]) -> Path:
     if int(cfg["torch_threads"]):
         torch.set_num_threads(int(cfg["torch_threads"]))
     optimizer, meta_cfg, ckpt = load_meta_optimizer(cfg["checkpoint"], device)
-    horizon, num_envs = int(cfg["max_episode_steps"]), int(cfg["num_envs"])
-    steps_per_round = horizon * num_envs
+    episode_length, num_envs = int(cfg["max_episode_steps"]), int(cfg["num_envs"])
+    steps_per_round = episode_length * num_envs
     rounds = int(cfg["total_steps"]) // steps_per_round
     if rounds < 1:
         raise ConfigError(
@@ -200,11 +202,11 @@ def train(cfg: Mapping[str, Any]) -> Path:
         )
     cost_limit, seed = float(cfg["cost_limit"]), int(cfg["seed"])
     scale = _violation_scale(meta_cfg, cost_limit)
-    factory = functools.partial(make_env, cfg["env_id"], max_episode_steps=horizon)
+    factory = functools.partial(make_env, cfg["env_id"], max_episode_steps=episode_length)
     factory.__name__ = cfg["env_id"]  # type: ignore[attr-defined]
     settings = TaskSettings.from_config(
         meta_cfg,  # gamma, gae_lambda, critic_lr, critic_steps of the meta-training
-        episode_length=horizon,
+        episode_length=episode_length,
         vector_envs_per_task=num_envs,
         hidden_layers=cfg["hidden_layers"],
         device=device,
@@ -229,7 +231,7 @@ def train(cfg: Mapping[str, Any]) -> Path:
                 row = {
                     "train/episode_return": float(record["return"]),
                     "train/episode_cost": float(record["cost"]),
-                    "train/episode_length": float(horizon),
+                    "train/episode_length": float(episode_length),
                     "train/num_episodes": float(num_envs),
                     "train/lambda": record["lambda"],
                     "train/violation": float(record["cost"]) - cost_limit,
@@ -252,7 +254,7 @@ def train(cfg: Mapping[str, Any]) -> Path:
             result = unroll(
                 optimizer,
                 problem,
-                inner_steps=rounds,
+                inner_rollouts=rounds,
                 unroll_steps=0,
                 cost_limit=cost_limit,
                 violation_scale=scale,
@@ -295,11 +297,12 @@ def _main(cfg: DictConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``key=value`` arguments over :data:`DEFAULTS` (``checkpoint`` required).
 
-    >>> try:
-    ...     main(["seed=-1", "colour=red", "checkpoint=x.pt"])
-    ... except SystemExit as err:
-    ...     print("exit code", err.code)
-    exit code 2
+    Examples:
+        >>> try:
+        ...     main(["seed=-1", "colour=red", "checkpoint=x.pt"])
+        ... except SystemExit as err:
+        ...     print("exit code", err.code)
+        exit code 2
     """
     args = list(sys.argv[1:] if argv is None else argv)
     bad = [a for a in args if "=" not in a]
