@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cmo_rl.config import ConfigError, Rule, Schema, validate_config
@@ -68,7 +68,10 @@ def run_cli(
     def wrapper(cfg: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             if schema is not None:
-                validate_config(cfg, schema, rules)
+                # with resume= the effective config is the stored one (plus allowed changes):
+                # the lifecycle checks the cross-key rules on it, not on this request
+                resuming = isinstance(cfg, Mapping) and bool(cfg.get("resume"))
+                validate_config(cfg, schema, () if resuming else rules)
             return main_fn(cfg, *args, **kwargs)
         except ConfigError as err:
             _fail(str(err), CONFIG_EXIT_CODE)

@@ -169,3 +169,16 @@ def test_recipe_prints_its_run_dir_and_refuses_a_corrupt_checkpoint(tmp_path):
     assert chosen.returncode == 0, chosen.stderr[-2000:]
     assert chosen.stdout.splitlines()[0] == f"resumed {run} at step 400"
     assert metrics(run)["step"].tolist() == [200, 400, 600, 800]
+
+
+def test_resume_from_the_command_line_needs_only_the_run_and_the_new_budget(tmp_path):
+    """`resume=<dir> total_steps=N`: the yaml defaults of the other keys (steps_per_epoch=20000)
+    must not be checked against each other — the stored config is the run's config."""
+    from recipe_helpers import run_cli
+
+    run = train("ppo_lagrangian", [*TINY, f"run_root={tmp_path}"])
+    out = run_cli(
+        "ppo_lagrangian", [f"resume={run}", "total_steps=800", "progress=false"], cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert metrics(run)["step"].tolist() == [200, 400, 600, 800]
