@@ -48,7 +48,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cmo_rl.config import ConfigError, TrackedConfig, check_override_keys
-from cmo_rl.lifecycle import CONFIG_EXIT_CODE, Run, run_cli
+from cmo_rl.lifecycle import (
+    CONFIG_EXIT_CODE,
+    LATEST,
+    Run,
+    find_runs,
+    hydra_override_keys,
+    run_cli,
+)
 from cmo_rl.lifecycle.checkpoint import restore_rng_state
 from cmo_rl.meta_schema import CONF_DIR, RESUMABLE_KEYS, SCHEMA, check_meta_config
 from cmo_rl.seeding import seed_everything
@@ -84,6 +91,7 @@ def train(
 
     # 1. the effective config (on resume: the stored one plus the allowed changes)
     requested = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    requested = {**requested, "resume": _latest_of_any_type(requested)}
     run = Run(
         requested,
         program=f"meta_{requested['meta_optimizer_type']}",
@@ -162,6 +170,25 @@ def train(
     finally:
         trainer.task_sampler.close()
     return run.run_dir
+
+
+def _latest_of_any_type(requested: Mapping[str, Any]) -> Any:
+    """``resume=latest``: the newest ``cmo`` run under ``run_root`` of either meta-optimizer
+    type (unless ``meta_optimizer_type`` is given on the command line) and on any task; any
+    other ``resume`` value unchanged."""
+    if requested.get("resume") != LATEST:
+        return requested.get("resume")
+    explicit = hydra_override_keys()
+    if explicit is not None and "meta_optimizer_type" in explicit:
+        return LATEST  # the requested type's newest run (the lifecycle's rule)
+    from cmo_rl.meta import META_OPTIMIZERS
+
+    runs = [
+        run for kind in META_OPTIMIZERS for run in find_runs(requested["run_root"], f"meta_{kind}")
+    ]
+    if not runs:
+        raise ConfigError([f"resume=latest: there is no cmo run under {requested['run_root']}"])
+    return str(max(runs, key=lambda path: path.name))  # timestamp names sort by time
 
 
 def _progress_label(run: Run) -> str:

@@ -228,6 +228,20 @@ def test_resume_reaches_the_same_metrics_as_an_uninterrupted_run(tmp_path):
         train(_tiny(tmp_path / "b", "meta_lr=0.1", f"resume={part}"))
 
 
+def test_resume_latest_finds_the_newest_run_of_any_type_and_task(tmp_path):
+    """`cmo resume=latest` used to look only under the default env_ids' first task (and the
+    default optimizer type): a PID run on another task was never found."""
+    args = [*TINY, "meta_test.enabled=false", "run_root=runs"]
+    first = run_cmo([*args, "meta_optimizer_type=pid", "total_meta_iters=1"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run,) = (tmp_path / "runs" / "meta_pid").glob("*/*")
+    again = run_cmo(["resume=latest", "total_meta_iters=2", "run_root=runs", "progress=false"],
+                    cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.splitlines()[0] == f"resumed {run.relative_to(tmp_path)} at step 1"
+    assert metrics(run)["step"].tolist() == [1, 2]
+
+
 def test_same_seed_twice_gives_identical_metrics(tmp_path):
     first = train(_tiny(tmp_path / "a", "meta_optimizer_type=pid"))
     second = train(_tiny(tmp_path / "b", "meta_optimizer_type=pid"))
