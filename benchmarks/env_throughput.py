@@ -40,6 +40,24 @@ cores, the fastest ``c`` row with the fastest ``a`` row (by steps per CPU-second
 The run recorded in ``docs/performance.md``::
 
     python benchmarks/env_throughput.py
+
+``--fast-step`` runs another table instead (:mod:`cmo_rl.envs.fast_step`), per task and per
+number of sub-envs ``n`` (``--fs-envs``, default 1 4 16 64), random actions in ``[-1, 1]``,
+``time.process_time`` (CPU of this process) beside wall time, fast resets everywhere:
+
+* ``raw loop``: ``n`` raw envs stepped one by one (``env.step``, stock task logic);
+* ``stepper``: the same ``n`` envs through ``NavigationStepper.step`` (batched task logic, no
+  TorchRL);
+* ``make_safety_env``: ``make_safety_env(id, n, fast_step=True)``, ``env.rollout`` (TorchRL's
+  per-batch overhead included: ``TransformedEnv``, ``RewardSum``, random actions);
+* ``physics floor``: the same ``n`` envs calling only ``mj_step`` (frame skip 10) with the same
+  actions, no ``mj_forward``, no task logic.
+
+``resets excluded``: no episode ends in the window (time limit lifted); ``resets included``:
+every env's episode ends every ``--fs-horizon`` steps (default 250; a fast reset each time,
+inside the window). Steps per row: ``--fs-steps`` (rounded up to whole rounds of ``n``)::
+
+    python benchmarks/env_throughput.py --fast-step
 """
 
 from __future__ import annotations
@@ -418,6 +436,105 @@ def measure_task(task: str, args: argparse.Namespace, log: Callable[[Row], None]
 
 
 # ----------------------------------------------------------------------------------------------
+# fast steps (--fast-step)
+# ----------------------------------------------------------------------------------------------
+
+FAST_STEP_TASKS = [
+    "SafetyPointGoal1-v0",
+    "SafetyCarButton1-v0",
+    "SafetyPointPush1-v0",
+    "SafetyDoggoGoal1-v0",
+    "SafetyRacecarGoal2-v0",
+]
+
+
+def _timed(fn) -> tuple[float, float]:
+    """(wall, CPU of this process) seconds of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def measure_fast_step(task: str, n: int, steps: int, horizon: int | None) -> dict:
+    """Seconds (wall, CPU) of the four variants over the same rounds of random actions."""
+    import mujoco
+
+    from cmo_rl.envs.fast_step import make_stepper
+    from cmo_rl.envs.safety import make_safety_env
+
+    rounds = max(1, math.ceil(steps / n))
+    envs = raw_envs(task, n, fast=True)
+    act_dim = envs[0].action_space.shape[0]
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(rounds, n, act_dim))
+    limit = horizon or 10**9
+
+    def reset_all() -> None:
+        for i, env in enumerate(envs):
+            env.reset(seed=i)
+            env.task.num_steps = limit
+
+    def raw_loop() -> None:
+        for t in range(rounds):
+            for i, env in enumerate(envs):
+                _, _, _, terminated, truncated, _ = env.step(actions[t, i])
+                if terminated or truncated:
+                    env.reset()
+
+    stepper = make_stepper(envs)
+
+    def batched() -> None:
+        for t in range(rounds):
+            _, _, _, terminated, truncated = stepper.step(actions[t])
+            for i in np.flatnonzero(terminated | truncated):
+                envs[i].reset()
+
+    def floor() -> None:
+        for t in range(rounds):
+            for i, env in enumerate(envs):
+                data = env.task.data
+                data.ctrl[:] = actions[t, i]
+                mujoco.mj_step(env.task.model, data, 10)
+
+    result = {}
+    for name, fn in (("raw loop", raw_loop), ("stepper", batched), ("physics floor", floor)):
+        reset_all()
+        result[name] = _timed(fn)
+    env = make_safety_env(
+        task, num_envs=n, seed=0, fast_step=True, max_episode_steps=horizon or 10**9
+    )
+    torch.set_num_threads(1)
+    env.rollout(3, break_when_any_done=False)  # untimed warm-up
+    td = env.reset()
+    result["make_safety_env"] = _timed(
+        lambda: env.rollout(rounds, tensordict=td, auto_reset=False, break_when_any_done=False)
+    )
+    env.close()
+    return {k: (rounds * n, *v) for k, v in result.items()}
+
+
+def run_fast_step(args: argparse.Namespace) -> None:
+    print(
+        "| task | resets | envs | variant | steps | wall s | CPU s | steps/s | steps/CPU-s "
+        "| x raw (CPU) | / floor (CPU) |"
+    )
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for task in args.tasks:
+        for horizon in (None, args.fs_horizon):
+            resets = "excluded" if horizon is None else f"every {horizon}"
+            for n in args.fs_envs:
+                rows = measure_fast_step(task, n, args.fs_steps, horizon)
+                raw_cpu, floor_cpu = rows["raw loop"][2], rows["physics floor"][2]
+                for name in ("raw loop", "stepper", "make_safety_env", "physics floor"):
+                    steps, wall, cpu = rows[name]
+                    print(
+                        f"| {task} | {resets} | {n} | {name} | {steps} | {wall:.2f} | {cpu:.2f} "
+                        f"| {steps / wall:,.0f} | {steps / cpu:,.0f} | {raw_cpu / cpu:.2f} "
+                        f"| {floor_cpu / cpu:.2f} |",
+                        flush=True,
+                    )
+
+
+# ----------------------------------------------------------------------------------------------
 # report
 # ----------------------------------------------------------------------------------------------
 
@@ -523,7 +640,23 @@ def main() -> None:
         default=False,
         help="also the ParallelEnv row (with fast resets where the task has them)",
     )
+    parser.add_argument(
+        "--fast-step",
+        action="store_true",
+        help="only the fast-step table (default tasks: PointGoal1, CarButton1, PointPush1, "
+        "DoggoGoal1, RacecarGoal2)",
+    )
+    parser.add_argument("--fs-envs", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--fs-steps", type=int, default=1600, help="steps per fast-step row")
+    parser.add_argument("--fs-horizon", type=int, default=250, help="episode length (resets)")
     args = parser.parse_args()
+    if args.fast_step:
+        if args.tasks == parser.get_default("tasks"):
+            args.tasks = FAST_STEP_TASKS
+        torch.set_num_threads(1)
+        print(f"# fast-step throughput  {time.strftime('%Y-%m-%d %H:%M')}  load {os.getloadavg()}")
+        run_fast_step(args)
+        return
     if args.raw_envs % 2 or args.raw_envs < 2:
         parser.error("--raw-envs must be even and >= 2 (split over 2 processes for 2 cores)")
 

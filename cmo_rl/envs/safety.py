@@ -98,6 +98,20 @@ def _resolve_fast_reset(env_id: str, fast_reset: bool | None, render_mode: str |
     return bool(fast_reset)
 
 
+def _resolve_fast_step(env_id: str, fast_step: bool | None, render_mode: str | None) -> bool:
+    """``fast_step=None``: on for the covered navigation tasks without rendering, else off."""
+    from cmo_rl.envs.fast_step import fast_step_refusal
+
+    reason = fast_step_refusal(env_id)
+    if reason is None and render_mode is not None:
+        reason = f"render_mode={render_mode!r} renders from per-step state only stock steps keep"
+    if fast_step is None:
+        return reason is None
+    if fast_step and reason is not None:
+        raise ValueError(f"fast_step=True is not possible for {env_id!r}: {reason}")
+    return bool(fast_step)
+
+
 def _check_render_mode(env_id: str, render_mode: str | None) -> None:
     if render_mode is None:
         return
@@ -158,6 +172,9 @@ class SafetyGymnasiumBatchEnv(EnvBase):
         render_mode: forwarded to the raw envs (``"rgb_array"``, ``"depth_array"``, ``"human"``).
         fast_reset: skip render-only scene work on resets (:mod:`cmo_rl.envs.fast_reset`);
             ``None`` = on for state-based navigation tasks without ``render_mode``.
+        fast_step: compute the task logic (observations, rewards, costs) of all sub-envs at
+            once, bit-identical to stock (:mod:`cmo_rl.envs.fast_step`); ``None`` = on for the
+            Goal/Button/Push/Circle tasks without ``render_mode``, off (stock) elsewhere.
         **task_kwargs: forwarded to ``safety_gymnasium.make`` (e.g. ``width``/``height`` for
             vision tasks, ``ctrl_cost_weight`` for velocity tasks).
 
@@ -182,6 +199,7 @@ class SafetyGymnasiumBatchEnv(EnvBase):
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
         fast_reset: bool | None = None,
+        fast_step: bool | None = None,
         **task_kwargs: Any,
     ) -> None:
         env_id = validate_env_id(env_id)
@@ -193,6 +211,7 @@ class SafetyGymnasiumBatchEnv(EnvBase):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         _check_render_mode(env_id, render_mode)
         self._fast_reset = _resolve_fast_reset(env_id, fast_reset, render_mode)
+        use_fast_step = _resolve_fast_step(env_id, fast_step, render_mode)
         if render_mode is not None or is_vision_task(env_id):
             _default_headless_gl()
 
@@ -207,6 +226,7 @@ class SafetyGymnasiumBatchEnv(EnvBase):
         for _ in range(num_envs):
             self._envs.append(self._make_raw(safety_gymnasium, env_id, render_mode, task_kwargs))
 
+        self._stepper = self._make_stepper(fast_step) if use_fast_step else None
         super().__init__(batch_size=torch.Size([num_envs]), device=device)
         self._make_specs(self._envs[0])
         self._elapsed = np.zeros(num_envs, dtype=np.int64)
@@ -238,6 +258,17 @@ class SafetyGymnasiumBatchEnv(EnvBase):
 
             enable_fast_reset(raw)
         return raw
+
+    def _make_stepper(self, requested: bool | None):
+        """The batched stepper; a config the id check cannot see may still refuse it."""
+        from cmo_rl.envs.fast_step import fast_step_refusal, make_stepper
+
+        reasons = {fast_step_refusal(env) for env in self._envs} - {None}
+        if reasons:
+            if requested:
+                raise ValueError(f"fast_step=True is not possible for {self.env_id!r}: {reasons}")
+            return None
+        return make_stepper(self._envs)
 
     def _make_specs(self, raw) -> None:
         import gymnasium
@@ -327,6 +358,11 @@ class SafetyGymnasiumBatchEnv(EnvBase):
         return self._fast_reset
 
     @property
+    def fast_step(self) -> bool:
+        """Whether steps compute the task logic batched (:mod:`cmo_rl.envs.fast_step`)."""
+        return self._stepper is not None
+
+    @property
     def observation_keys(self) -> list[str]:
         """The observation entries, in the raw env's order."""
         return list(self._obs_buffers)
@@ -390,6 +426,12 @@ class SafetyGymnasiumBatchEnv(EnvBase):
         )
         reward, cost = self._reward, self._cost
         terminated, truncated = self._terminated, self._truncated
+        if self._stepper is not None:
+            obs, reward[:, 0], cost[:, 0], terminated[:, 0], truncated[:, 0] = self._stepper.step(
+                action
+            )
+            self._obs_buffers["observation"][:] = obs
+            return self._finish_step()
         # 1-D views: assigning a scalar to ``x[i]`` of a [B] array is ~3x cheaper than of [B, 1]
         r, c, term, trunc = reward[:, 0], cost[:, 0], terminated[:, 0], truncated[:, 0]
         write_obs = self._write_obs
@@ -400,6 +442,11 @@ class SafetyGymnasiumBatchEnv(EnvBase):
                 single[i] = obs
             else:
                 write_obs(i, obs)
+        return self._finish_step()
+
+    def _finish_step(self) -> TensorDictBase:
+        reward, cost = self._reward, self._cost
+        terminated, truncated = self._terminated, self._truncated
         self._elapsed += 1
         truncated |= (self._elapsed >= self.max_episode_steps)[:, None]
         done = terminated | truncated
@@ -439,6 +486,7 @@ def make_safety_env(
     *,
     normalize_observations: bool = False,
     fast_reset: bool | None = None,
+    fast_step: bool | None = None,
     render_mode: str | None = None,
     max_episode_steps: int | None = None,
     episode_sums: bool = True,
@@ -473,6 +521,7 @@ def make_safety_env(
         max_episode_steps=max_episode_steps,
         render_mode=render_mode,
         fast_reset=fast_reset,
+        fast_step=fast_step,
         **task_kwargs,
     )
     transforms = []
