@@ -69,7 +69,7 @@ def main() -> None:
     cfg = {
         "env_id": args.env,
         "num_envs": args.envs,
-        "max_episode_steps": None,
+        "episode_length": None,
         "normalize_observations": True,
         "collector": {
             "backend": "multi_sync",

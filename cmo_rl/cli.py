@@ -47,11 +47,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cmo_rl.config import ConfigError, TrackedConfig, check_override_keys
+from cmo_rl.config import ConfigError, TrackedConfig, check_override_keys, rename_overrides
 from cmo_rl.lifecycle import (
     CONFIG_EXIT_CODE,
     LATEST,
     Run,
+    accept_renamed_keys,
     find_runs,
     hydra_override_keys,
     run_cli,
@@ -220,11 +221,12 @@ def main() -> None:
     import hydra
 
     try:
-        check_override_keys(sys.argv[1:], SCHEMA)
+        check_override_keys(rename_overrides(sys.argv[1:])[0], SCHEMA)
     except ConfigError as err:
         sys.stderr.write(f"{err}\n")
         raise SystemExit(CONFIG_EXIT_CODE) from None
-    hydra.main(config_path=str(CONF_DIR), config_name="default", version_base=None)(_main)()
+    hydra_main = hydra.main(config_path=str(CONF_DIR), config_name="default", version_base=None)
+    accept_renamed_keys(hydra_main(_main))()
 
 
 if __name__ == "__main__":

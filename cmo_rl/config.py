@@ -44,6 +44,7 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "Field",
+    "RENAMED_KEYS",
     "Rule",
     "TrackedConfig",
     "check_override_keys",
@@ -51,6 +52,8 @@ __all__ = [
     "env_id_check",
     "layer_widths",
     "not_blank",
+    "rename_overrides",
+    "rename_stored_keys",
     "validate_config",
 ]
 
@@ -509,3 +512,50 @@ def check_override_keys(args: Sequence[str], schema: Schema) -> None:
             node = node[part]
     if problems:
         raise ConfigError(problems)
+
+
+#: Config keys renamed so that one concept has one name in every program (old name -> name).
+#: The old names keep working: on the command line (:func:`rename_overrides`, with a note) and
+#: in the stored config of a run written before the rename (:func:`rename_stored_keys`).
+RENAMED_KEYS: Mapping[str, str] = {
+    "lambda_init": "init_lambda",  # the recipes' name; cmo (the seed) says init_lambda
+    "max_episode_steps": "episode_length",  # the recipes' and compare's name; cmo's is episode_length
+}
+
+
+def rename_overrides(
+    args: Sequence[str], renamed: Mapping[str, str] = RENAMED_KEYS
+) -> tuple[list[str], list[str]]:
+    """Command-line overrides with renamed top-level keys spelled the new way, and one note per
+    rewritten key (for stderr). Run before Hydra parses the arguments.
+
+    Examples:
+        >>> rename_overrides(["lambda_init=0.5", "seed=1", "-m", "max_episode_steps=10,20"])
+        (['init_lambda=0.5', 'seed=1', '-m', 'episode_length=10,20'], ['lambda_init is now called init_lambda (the old name still works)', 'max_episode_steps is now called episode_length (the old name still works)'])
+    """
+    out, notes = [], []
+    for arg in args:
+        if not arg.startswith("-") and "=" in arg:
+            key, value = arg.split("=", 1)
+            bare = key.lstrip("+~")
+            if bare in renamed:
+                arg = f"{key[: len(key) - len(bare)]}{renamed[bare]}={value}"
+                notes.append(f"{bare} is now called {renamed[bare]} (the old name still works)")
+        out.append(arg)
+    return out, notes
+
+
+def rename_stored_keys(
+    cfg: Mapping[str, Any], renamed: Mapping[str, str] = RENAMED_KEYS
+) -> dict[str, Any]:
+    """A stored config (a run's ``config.yaml`` or checkpoint) with renamed top-level keys
+    spelled the new way; a config that already has the new key keeps it.
+
+    Examples:
+        >>> rename_stored_keys({"lambda_init": 0.1, "seed": 0})
+        {'init_lambda': 0.1, 'seed': 0}
+    """
+    return {
+        (renamed[key] if key in renamed and renamed[key] not in cfg else key): value
+        for key, value in cfg.items()
+    }

@@ -130,7 +130,7 @@ def baseline_runs(
                 overrides = {
                     "env_id": env_id,
                     "num_envs": int(vector_envs_per_task),
-                    "max_episode_steps": int(episode_length),
+                    "episode_length": int(episode_length),
                     "steps_per_epoch": steps_per_epoch,
                     "total_steps": steps_per_epoch * int(inner_rollouts),
                     "minibatch_size": min(int(base.minibatch_size), steps_per_epoch),

@@ -40,7 +40,7 @@ from cmo_rl.compare.plan import METHODS, REPO, Budget, meta_training_spec, plan_
 from cmo_rl.compare.runner import collect, execute
 from cmo_rl.config import ConfigError, Field, device_check, env_id_check
 from cmo_rl.envs.factory import MOCK_ENV_ID
-from cmo_rl.lifecycle import run_cli
+from cmo_rl.lifecycle import accept_renamed_keys, run_cli
 from cmo_rl.lifecycle.checkpoint import latest_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
@@ -76,7 +76,7 @@ SCHEMA = {
     "seeds": Field(list, items=int, check=_seeds),
     "total_steps": Field(int, ge=1),
     "num_envs": Field(int, ge=1),
-    "max_episode_steps": Field(int, ge=1),
+    "episode_length": Field(int, ge=1),
     "cost_limit": Field(float, ge=0),
     "hidden_layers": Field(list, items=int),
     "eval_interval": Field(int, ge=1),
@@ -111,7 +111,7 @@ def make_budget(cfg: DictConfig) -> Budget:
         return Budget(
             total_steps=cfg.total_steps,
             num_envs=cfg.num_envs,
-            max_episode_steps=cfg.max_episode_steps,
+            episode_length=cfg.episode_length,
             cost_limit=cfg.cost_limit,
             hidden_layers=tuple(cfg.hidden_layers),
             eval_interval=cfg.eval_interval,
@@ -163,6 +163,7 @@ def meta_checkpoints(cfg: DictConfig, study_dir: Path, budget: Budget, env: dict
     return checkpoints, blocked
 
 
+@accept_renamed_keys
 @hydra.main(config_path=str(CONFIG_DIR), config_name="compare", version_base=None)
 @run_cli(schema=SCHEMA)
 def main(cfg: DictConfig) -> None:
@@ -177,7 +178,7 @@ def main(cfg: DictConfig) -> None:
         f"study {study_dir}: {len(cfg.methods)} methods x {len(cfg.tasks)} tasks x "
         f"{len(cfg.seeds)} seeds, {budget.total_steps} env steps each ({budget.num_updates} "
         f"updates of {budget.steps_per_epoch} steps), cost limit {budget.cost_limit:g} per "
-        f"{budget.max_episode_steps}-step episode"
+        f"{budget.episode_length}-step episode"
     )
     checkpoints, blocked = meta_checkpoints(cfg, study_dir, budget, env)
     specs = plan_runs(
@@ -204,7 +205,7 @@ def main(cfg: DictConfig) -> None:
     }
     header = (
         f"Study `{study_dir}`: {budget.total_steps} env steps per run ({budget.num_updates} "
-        f"updates of {budget.num_envs} x {budget.max_episode_steps} steps), cost limit "
+        f"updates of {budget.num_envs} x {budget.episode_length} steps), cost limit "
         f"{budget.cost_limit:g}, seeds {list(cfg.seeds)}; mean ± 95% CI over seeds; penalized "
         f"return with mu = {cfg.mu:g}."
     )

@@ -31,7 +31,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from cmo_rl.lifecycle import NonFiniteError, run_cli
+from cmo_rl.lifecycle import NonFiniteError, accept_renamed_keys, run_cli
 from cmo_rl.objectives import CPOUpdate, CriticLoss
 from cmo_rl.seeding import seed_everything
 from cmo_rl.training.collection import finished_episodes
@@ -147,6 +147,7 @@ def cpo_step(cpo: CPOUpdate, run: TrainingRun, flat, episode_cost, episode_lengt
         return None
 
 
+@accept_renamed_keys
 @hydra.main(config_path=str(CONFIG_DIR), config_name="cpo", version_base=None)
 @run_cli(schema=SCHEMA, rules=RULES)
 def main(cfg: DictConfig) -> None:

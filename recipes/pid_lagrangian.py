@@ -35,7 +35,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cmo_rl.lifecycle import run_cli
+from cmo_rl.lifecycle import accept_renamed_keys, run_cli
 from cmo_rl.training.lagrangian_ppo import make_pid_multiplier, pid_update, train_lagrangian_ppo
 from cmo_rl.training.schema import PID, PPO, RULES, recipe_schema
 
@@ -50,6 +50,7 @@ def train(cfg: DictConfig) -> Path:
     )
 
 
+@accept_renamed_keys
 @hydra.main(config_path=str(CONFIG_DIR), config_name="pid_lagrangian", version_base=None)
 @run_cli(schema=SCHEMA, rules=RULES)
 def main(cfg: DictConfig) -> None:

@@ -8,7 +8,7 @@ train_lagrangian_ppo`) with the multiplier held at :math:`\\lambda = 0`, so the 
 :math:`A_L = (A_R - 0 \\cdot A_C) / (1 + 0) = A_R`. The cost is still measured (episode costs,
 ``train/violation`` against ``cost_limit``) and the cost critic still fitted, so runs log the same
 metrics as the constrained recipes. The same updates as ``recipes/compare.py``'s ``ppo`` method
-(``ppo_lagrangian`` with ``lambda_init=0`` and an unreachable ``cost_limit``), with the real limit
+(``ppo_lagrangian`` with ``init_lambda=0`` and an unreachable ``cost_limit``), with the real limit
 in the logs. Config: ``recipes/config/ppo.yaml``; metrics: ``docs/metrics.md``.
 """
 
@@ -20,7 +20,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from cmo_rl.lifecycle import run_cli
+from cmo_rl.lifecycle import accept_renamed_keys, run_cli
 from cmo_rl.objectives import LagrangeMultiplier
 from cmo_rl.training.lagrangian_ppo import train_lagrangian_ppo
 from cmo_rl.training.schema import PPO, RULES, recipe_schema
@@ -31,7 +31,7 @@ SCHEMA = recipe_schema(PPO)
 
 def make_multiplier(cfg: DictConfig, device: torch.device) -> LagrangeMultiplier:
     """:math:`\\lambda = 0`, never updated (:func:`hold_at_zero`)."""
-    return LagrangeMultiplier(cfg.cost_limit, init=0.0, device=device)
+    return LagrangeMultiplier(cfg.cost_limit, init_lambda=0.0, device=device)
 
 
 def hold_at_zero(multiplier: LagrangeMultiplier, episode_cost: float) -> dict[str, float]:
@@ -46,6 +46,7 @@ def train(cfg: DictConfig) -> Path:
     )
 
 
+@accept_renamed_keys
 @hydra.main(config_path=str(CONFIG_DIR), config_name="ppo", version_base=None)
 @run_cli(schema=SCHEMA, rules=RULES)
 def main(cfg: DictConfig) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cmo_rl.lifecycle import run_cli
+from cmo_rl.lifecycle import accept_renamed_keys, run_cli
 from cmo_rl.training.lagrangian_ppo import make_lagrange_multiplier, train_lagrangian_ppo
 from cmo_rl.training.schema import LAGRANGE, PPO, RULES, recipe_schema
 
@@ -39,6 +39,7 @@ def train(cfg: DictConfig) -> Path:
     return train_lagrangian_ppo(cfg, recipe="ppo_lag", make_multiplier=make_lagrange_multiplier)
 
 
+@accept_renamed_keys
 @hydra.main(config_path=str(CONFIG_DIR), config_name="ppo_lagrangian", version_base=None)
 @run_cli(schema=SCHEMA, rules=RULES)
 def main(cfg: DictConfig) -> None:

@@ -23,6 +23,7 @@ from cmo_rl.compare.plan import (
     UNCONSTRAINED_LIMIT,
     Budget,
     RunSpec,
+    fingerprint,
     meta_training_spec,
     plan_runs,
 )
@@ -35,7 +36,7 @@ T975_2 = 4.302652730  # t_{0.975, 2}: 3 seeds
 
 # ------------------------------------------------------------------------------ planning
 def test_plan_gives_every_method_the_same_budget_and_its_own_directory(tmp_path):
-    budget = Budget(total_steps=12000, num_envs=2, max_episode_steps=1000, cost_limit=25.0)
+    budget = Budget(total_steps=12000, num_envs=2, episode_length=1000, cost_limit=25.0)
     specs = plan_runs(
         study_dir=tmp_path,
         tasks=["SafetyPointGoal1-v0"],
@@ -55,7 +56,7 @@ def test_plan_gives_every_method_the_same_budget_and_its_own_directory(tmp_path)
     # unconstrained PPO: the recipe limit is overridden after the shared one (last wins), lambda 0
     limits = [o for o in ppo.overrides if o.startswith("cost_limit=")]
     assert limits == ["cost_limit=25.0", f"cost_limit={UNCONSTRAINED_LIMIT}"]
-    assert "lambda_init=0.0" in ppo.overrides and "lr=1e-3" in ppo.overrides
+    assert "init_lambda=0.0" in ppo.overrides and "lr=1e-3" in ppo.overrides
     assert ppo.program[-1].endswith("recipes/ppo_lagrangian.py")
     assert "steps_per_epoch=2000" in cpo.overrides and cpo.overrides[-1] == "target_kl=0.02"
     assert meta.program == ("-m", "cmo_rl.compare.frozen")
@@ -74,7 +75,7 @@ def test_plan_blocks_meta_methods_without_a_checkpoint_and_rejects_bad_input(tmp
     with pytest.raises(ValueError, match="distinct"):
         plan_runs(study_dir=tmp_path, tasks=["T"], methods=["cpo"], seeds=[1, 1], budget=budget)
     with pytest.raises(ValueError, match="less than one update"):
-        Budget(total_steps=3000, num_envs=4, max_episode_steps=1000)
+        Budget(total_steps=3000, num_envs=4, episode_length=1000)
     assert Budget(10000, 4, 1000).final_step == 8000  # 2 whole updates of 4000 steps
 
 
@@ -356,7 +357,7 @@ def test_frozen_run_applies_the_pid_rule_with_the_rescaled_violation(tmp_path):
     ckpt = _pid_checkpoint(tmp_path / "pid.pt", cost_limit=1.0, violation_scale=0.5, **gains)
     cfg = {
         "checkpoint": str(ckpt), "env_id": "MockCMDP-v0", "seed": 3, "total_steps": 40,
-        "num_envs": 2, "max_episode_steps": 5, "cost_limit": 2.0, "hidden_layers": [4],
+        "num_envs": 2, "episode_length": 5, "cost_limit": 2.0, "hidden_layers": [4],
         "eval_interval": 3, "eval_episodes": 3, "run_root": str(tmp_path / "runs"),
         "run_name": "meta_pid", "progress": False, "device": "cpu", "torch_threads": 1,
     }  # fmt: skip
@@ -399,3 +400,16 @@ def test_frozen_cli_exits_2_on_a_bad_config(tmp_path, capsys):
     assert err.value.code == 2
     assert "neither a checkpoint file" in capsys.readouterr().err
     assert not (tmp_path / "meta_frozen").exists()  # nothing written before the check
+
+
+def test_fingerprints_survive_the_key_renames():
+    """A study written before `lambda_init` / `max_episode_steps` became `init_lambda` /
+    `episode_length` keeps its fingerprints: renamed keys are hashed under the old names."""
+    import hashlib
+    import json
+
+    program, d = ["recipes/ppo_lagrangian.py"], Path("/s/ppo/seed0")
+    new = ["init_lambda=0.0", "episode_length=1000", f"run_root={d}"]
+    old = ["lambda_init=0.0", "max_episode_steps=1000", "run_root=<dir>"]
+    text = json.dumps({"method": "ppo", "program": program, "overrides": old}, sort_keys=True)
+    assert fingerprint("ppo", program, new, d) == hashlib.sha256(text.encode()).hexdigest()[:16]

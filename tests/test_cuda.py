@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE_TINY = [
     "env_id=MockCMDP-v0",
     "num_envs=4",
-    "max_episode_steps=25",
+    "episode_length=25",
     "steps_per_epoch=200",
     "total_steps=400",
     "minibatch_size=50",
@@ -148,7 +148,7 @@ def test_worker_collection_with_a_cuda_policy():
     cfg = {
         "env_id": "MockCMDP-v0",
         "num_envs": 4,
-        "max_episode_steps": 5,
+        "episode_length": 5,
         "normalize_observations": True,
         "collector": {"backend": "multi_sync", "num_workers": 2, "envs_per_worker": None,
                       "ray_address": None},

@@ -21,7 +21,7 @@ def _cfg(backend: str) -> dict:
     return {
         "env_id": "MockCMDP-v0",
         "num_envs": 4,
-        "max_episode_steps": HORIZON,
+        "episode_length": HORIZON,
         "normalize_observations": False,
         "collector": {
             "backend": backend,

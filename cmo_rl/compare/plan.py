@@ -12,7 +12,7 @@ crash stays contained) writing into its own directory::
 Methods (:data:`METHODS`):
 
 =============  =================================================================================
-``ppo``        unconstrained PPO: ``recipes/ppo_lagrangian.py`` with ``lambda_init=0`` and the
+``ppo``        unconstrained PPO: ``recipes/ppo_lagrangian.py`` with ``init_lambda=0`` and the
                *recipe's* limit at :data:`UNCONSTRAINED_LIMIT`, so the projected multiplier
                stays exactly 0 (``A_L = A_R``); the study's own limit still scores the run
 ``ppo_lag``    ``recipes/ppo_lagrangian.py`` (OmniSafe ``PPOLag`` defaults)
@@ -39,6 +39,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cmo_rl.config import RENAMED_KEYS
 
 __all__ = [
     "METHODS",
@@ -73,7 +75,7 @@ class Method:
 
     Examples:
         >>> METHODS["ppo"].recipe, METHODS["ppo"].overrides[0]
-        ('ppo_lagrangian', 'lambda_init=0.0')
+        ('ppo_lagrangian', 'init_lambda=0.0')
     """
 
     name: str
@@ -93,7 +95,7 @@ METHODS: dict[str, Method] = {
             "recipe",
             "ppo_lagrangian",
             "ppo_lag",
-            ("lambda_init=0.0", f"cost_limit={UNCONSTRAINED_LIMIT}"),
+            ("init_lambda=0.0", f"cost_limit={UNCONSTRAINED_LIMIT}"),
         ),
         Method("ppo_lag", "PPO-Lag", "recipe", "ppo_lagrangian", "ppo_lag"),
         Method("pid_lag", "PID-Lag", "recipe", "pid_lagrangian", "pid_lag"),
@@ -111,7 +113,7 @@ class Budget:
     Attributes:
         total_steps: env steps of training per run.
         num_envs: sub-envs stepped together.
-        max_episode_steps: the episode horizon ``T`` (also a meta round's length).
+        episode_length: the episode horizon ``T`` (also a meta round's length).
         cost_limit: ``d`` per episode of ``T`` steps.
         hidden_layers: policy and critic widths.
         eval_interval: updates between deterministic evaluations (and after the last one).
@@ -120,13 +122,13 @@ class Budget:
         torch_threads: how many CPU threads each run's torch uses.
 
     Examples:
-        >>> Budget(total_steps=8000, num_envs=4, max_episode_steps=1000).steps_per_epoch
+        >>> Budget(total_steps=8000, num_envs=4, episode_length=1000).steps_per_epoch
         4000
     """
 
     total_steps: int
     num_envs: int = 4
-    max_episode_steps: int = 1000
+    episode_length: int = 1000
     cost_limit: float = 25.0
     hidden_layers: tuple[int, ...] = (64, 64)
     eval_interval: int = 5
@@ -135,19 +137,19 @@ class Budget:
     torch_threads: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("total_steps", "num_envs", "max_episode_steps", "eval_interval"):
+        for name in ("total_steps", "num_envs", "episode_length", "eval_interval"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.total_steps < self.steps_per_epoch:
             raise ValueError(
                 f"total_steps ({self.total_steps}) is less than one update's worth of env steps "
-                f"(num_envs x max_episode_steps = {self.steps_per_epoch})"
+                f"(num_envs x episode_length = {self.steps_per_epoch})"
             )
 
     @property
     def steps_per_epoch(self) -> int:
-        """Env steps per update: ``num_envs x max_episode_steps`` (one episode per env)."""
-        return int(self.num_envs) * int(self.max_episode_steps)
+        """Env steps per update: ``num_envs x episode_length`` (one episode per env)."""
+        return int(self.num_envs) * int(self.episode_length)
 
     @property
     def num_updates(self) -> int:
@@ -212,7 +214,9 @@ def fingerprint(
     """A short hash of what a run computes: the method, the program (relative to the
     repository) and its overrides, with the run's own directory written as ``<dir>`` so a
     study that is moved or copied keeps its fingerprints. A finished run is reused only when
-    the planned run has the same fingerprint.
+    the planned run has the same fingerprint. Renamed keys (:data:`cmo_rl.config.RENAMED_KEYS`)
+    are hashed under their old names, so a study written before a rename keeps its
+    fingerprints.
 
     Examples:
         >>> a = fingerprint("cpo", ["recipes/cpo.py"], ["seed=0", "run_root=/x/s0"], Path("/x/s0"))
@@ -223,9 +227,17 @@ def fingerprint(
     """
     root = str(REPO)
     prog = [p.replace(root, "<repo>") for p in program]
-    over = [o.replace(str(directory), "<dir>") for o in overrides]
+    over = [_old_name(o.replace(str(directory), "<dir>")) for o in overrides]
     text = json.dumps({"method": method, "program": prog, "overrides": over}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _old_name(override: str) -> str:
+    key, sep, value = override.partition("=")
+    return f"{_OLD_NAMES.get(key, key)}{sep}{value}"
+
+
+_OLD_NAMES = {new: old for old, new in RENAMED_KEYS.items()}
 
 
 def _shared_overrides(task: str, seed: int, budget: Budget, directory: Path) -> list[str]:
@@ -235,7 +247,7 @@ def _shared_overrides(task: str, seed: int, budget: Budget, directory: Path) -> 
         f"seed={int(seed)}",
         f"total_steps={int(budget.total_steps)}",
         f"num_envs={int(budget.num_envs)}",
-        f"max_episode_steps={int(budget.max_episode_steps)}",
+        f"episode_length={int(budget.episode_length)}",
         f"cost_limit={float(budget.cost_limit)}",
         f"hidden_layers=[{layers}]",
         f"eval_interval={int(budget.eval_interval)}",
@@ -384,7 +396,7 @@ def meta_training_spec(
     if kind not in ("lstm", "pid"):
         raise ValueError(f"meta-optimizer kind must be 'lstm' or 'pid', got {kind!r}")
     directory = Path(study_dir) / "meta_train" / kind
-    limit = float(budget.cost_limit) * int(episode_length) / int(budget.max_episode_steps)
+    limit = float(budget.cost_limit) * int(episode_length) / int(budget.episode_length)
     layers = ",".join(str(int(h)) for h in budget.hidden_layers)
     overrides = (
         f"env_ids=[{','.join(env_ids)}]",

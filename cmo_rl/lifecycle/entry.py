@@ -21,10 +21,10 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from cmo_rl.config import ConfigError, Rule, Schema, validate_config
+from cmo_rl.config import ConfigError, Rule, Schema, rename_overrides, validate_config
 from cmo_rl.lifecycle.signals import exit_code_for, signal_name
 
-__all__ = ["CONFIG_EXIT_CODE", "NONFINITE_EXIT_CODE", "run_cli"]
+__all__ = ["CONFIG_EXIT_CODE", "NONFINITE_EXIT_CODE", "accept_renamed_keys", "run_cli"]
 
 #: Exit code of a bad config or an unusable checkpoint to resume.
 CONFIG_EXIT_CODE = 2
@@ -79,6 +79,34 @@ def run_cli(
             _fail(f"stopped: {err}", NONFINITE_EXIT_CODE)
         except KeyboardInterrupt as err:
             _fail(f"interrupted ({signal_name(err)}); exiting", exit_code_for(err))
+
+    return wrapper
+
+
+def accept_renamed_keys(hydra_main: Callable[..., Any]) -> Callable[..., Any]:
+    """Place *above* ``@hydra.main``: before Hydra reads the command line, spell the renamed keys
+    (:data:`cmo_rl.config.RENAMED_KEYS`, e.g. ``lambda_init`` -> ``init_lambda``) the new way,
+    with one note per key on stderr, so the old names keep working.
+
+    Examples:
+        >>> import sys
+        >>> seen = []
+        >>> main = accept_renamed_keys(lambda: seen.append(sys.argv[1:]))
+        >>> saved, sys.argv = sys.argv, ["recipe", "lambda_init=0.3", "seed=1"]
+        >>> stderr, sys.stderr = sys.stderr, sys.stdout  # show the note here
+        >>> main()
+        note: lambda_init is now called init_lambda (the old name still works)
+        >>> sys.argv, sys.stderr = saved, stderr
+        >>> seen
+        [['init_lambda=0.3', 'seed=1']]
+    """
+
+    @functools.wraps(hydra_main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        sys.argv[1:], notes = rename_overrides(sys.argv[1:])
+        for note in notes:
+            sys.stderr.write(f"note: {note}\n")
+        return hydra_main(*args, **kwargs)
 
     return wrapper
 

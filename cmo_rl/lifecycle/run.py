@@ -44,7 +44,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cmo_rl.config import ConfigError, Field, device_check, not_blank
+from cmo_rl.config import ConfigError, Field, device_check, not_blank, rename_stored_keys
 from cmo_rl.lifecycle.checkpoint import (
     capture_rng_state,
     checkpoint_path,
@@ -147,7 +147,7 @@ class Run:
             )
             requested = resolve_resume_config(
                 requested,
-                self.state["config"],
+                rename_stored_keys(self.state["config"]),  # a run written before a rename
                 hydra_override_keys(),
                 resumable=resumable,
                 allow_new_keys=allow_new_keys,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -88,7 +89,8 @@ class LagrangeMultiplier(_Multiplier):
 
     Args:
         cost_limit: the constraint threshold :math:`d` on the expected episode cost.
-        init: initial :math:`\\lambda` (clamped at 0, as OmniSafe does).
+        init_lambda: initial :math:`\\lambda` (clamped at 0, as OmniSafe does); ``init`` is
+            its old name (deprecated).
         lr: :math:`\\eta`.
         upper_bound: :math:`\\lambda_{\\max}` or ``None``.
         optimizer: a ``torch.optim`` name, case-insensitive (``"adam"``, ``"sgd"``, ...).
@@ -98,7 +100,7 @@ class LagrangeMultiplier(_Multiplier):
     state (saved in ``state_dict()`` as extra state, so a load resumes Adam exactly).
 
     Examples:
-        >>> lam = LagrangeMultiplier(cost_limit=10.0, init=0.5, lr=0.1, optimizer="sgd")
+        >>> lam = LagrangeMultiplier(cost_limit=10.0, init_lambda=0.5, lr=0.1, optimizer="sgd")
         >>> lam.update(15.0)  # 0.5 + 0.1 * (15 - 10)
         tensor(1.)
         >>> lam.update(0.0)  # 1.0 + 0.1 * (0 - 10) = 0, projected onto [0, inf)
@@ -108,13 +110,16 @@ class LagrangeMultiplier(_Multiplier):
     def __init__(
         self,
         cost_limit: float,
-        init: float = 0.001,
+        init_lambda: float = 0.001,
         lr: float = 0.035,
         upper_bound: float | None = None,
         optimizer: str = "adam",
         device: torch.device | str | None = None,
+        *,
+        init: float | None = None,
     ) -> None:
         super().__init__()
+        init_lambda = _renamed_argument("init", init, "init_lambda", init_lambda)
         if not math.isfinite(float(cost_limit)):
             raise ValueError(f"cost_limit must be finite, got {cost_limit}")
         if not float(lr) > 0.0:
@@ -131,7 +136,7 @@ class LagrangeMultiplier(_Multiplier):
         self.upper_bound = None if upper_bound is None else float(upper_bound)
         self.optimizer_name = optim_cls.__name__
         self.lr = float(lr)
-        init = max(float(init), 0.0)
+        init = max(float(init_lambda), 0.0)
         if self.upper_bound is not None:
             init = min(init, self.upper_bound)
         self.register_buffer(
@@ -161,7 +166,7 @@ class LagrangeMultiplier(_Multiplier):
                 value is returned (see the module docstring).
 
         Examples:
-            >>> lam = LagrangeMultiplier(cost_limit=10.0, init=0.5, lr=0.1, optimizer="sgd")
+            >>> lam = LagrangeMultiplier(cost_limit=10.0, init_lambda=0.5, lr=0.1, optimizer="sgd")
             >>> lam.update(torch.tensor([]))  # no episode finished: no step
             tensor(0.5000)
         """
@@ -194,6 +199,14 @@ class LagrangeMultiplier(_Multiplier):
         self._optimizer.param_groups[0]["params"] = [self.multiplier]
         self._optimizer.load_state_dict(state)
         return self
+
+
+def _renamed_argument(old: str, old_value: Any, new: str, value: Any) -> Any:
+    """``value``, or ``old_value`` (with a ``FutureWarning``) when the caller used the old name."""
+    if old_value is None:
+        return value
+    warnings.warn(f"{old}= is now called {new}=", FutureWarning, stacklevel=3)
+    return old_value
 
 
 def _softplus_inverse(x: torch.Tensor) -> torch.Tensor:
@@ -299,8 +312,9 @@ class PIDLagrangian(_Multiplier):
             ``penalty_max``.
         diff_norm: OmniSafe's flag: clips :math:`I, \\lambda` to :math:`[0,1]`.
         penalty_max: see above.
-        lagrangian_multiplier_init: initial value of the integral :math:`I` (the multiplier
-            itself starts at 0 until the first update, as in OmniSafe).
+        init_lambda: initial value of the integral :math:`I` (the multiplier itself starts at
+            0 until the first update, as in OmniSafe); OmniSafe's name
+            ``lagrangian_multiplier_init`` is accepted (deprecated).
         learnable_gains: store the gains as ``nn.Parameter`` ``raw_gains`` with
             :math:`K = \\operatorname{softplus}(\\text{raw})` (gains must then be > 0); else they
             are a buffer. :meth:`update` returns a :math:`\\lambda` differentiable w.r.t. them.
@@ -328,11 +342,16 @@ class PIDLagrangian(_Multiplier):
         sum_norm: bool = True,
         diff_norm: bool = False,
         penalty_max: float = 100.0,
-        lagrangian_multiplier_init: float = 0.001,
+        init_lambda: float = 0.001,
         learnable_gains: bool = False,
         device: torch.device | str | None = None,
+        *,
+        lagrangian_multiplier_init: float | None = None,
     ) -> None:
         super().__init__()
+        init_lambda = _renamed_argument(
+            "lagrangian_multiplier_init", lagrangian_multiplier_init, "init_lambda", init_lambda
+        )
         if not math.isfinite(float(cost_limit)):
             raise ValueError(f"cost_limit must be finite, got {cost_limit}")
         if isinstance(d_delay, bool) or not isinstance(d_delay, int) or d_delay < 1:
@@ -366,7 +385,7 @@ class PIDLagrangian(_Multiplier):
             self.raw_gains = nn.Parameter(_softplus_inverse(gains))
         else:
             self.register_buffer("raw_gains", gains)
-        self.register_buffer("integral", scalar(lagrangian_multiplier_init))
+        self.register_buffer("integral", scalar(init_lambda))
         self.register_buffer("delta_p", scalar(0.0))
         self.register_buffer("cost_d", scalar(0.0))
         self.register_buffer("multiplier", scalar(0.0))

@@ -69,7 +69,7 @@ def step_multiplier(multiplier: nn.Module, episode_cost: float) -> dict[str, flo
 
     Examples:
         >>> from cmo_rl.objectives import LagrangeMultiplier
-        >>> lam = LagrangeMultiplier(cost_limit=10.0, init=1.0, lr=0.1, optimizer="sgd")
+        >>> lam = LagrangeMultiplier(cost_limit=10.0, init_lambda=1.0, lr=0.1, optimizer="sgd")
         >>> step_multiplier(lam, 15.0), round(lam.value.item(), 3)  # 1 + 0.1 * (15 - 10)
         ({}, 1.5)
     """
@@ -79,10 +79,10 @@ def step_multiplier(multiplier: nn.Module, episode_cost: float) -> dict[str, flo
 
 def make_lagrange_multiplier(cfg: DictConfig, device: torch.device) -> LagrangeMultiplier:
     """PPO-Lag's multiplier: :math:`\\lambda` and its own optimizer (``lambda_optimizer``, step
-    ``lambda_lr``) on :math:`J_C - d`, starting at ``lambda_init``.
+    ``lambda_lr``) on :math:`J_C - d`, starting at ``init_lambda``.
 
     Examples:
-        >>> cfg = DictConfig({"cost_limit": 10.0, "lambda_init": 1.0, "lambda_lr": 0.1,
+        >>> cfg = DictConfig({"cost_limit": 10.0, "init_lambda": 1.0, "lambda_lr": 0.1,
         ...                   "lambda_optimizer": "sgd"})
         >>> lam = make_lagrange_multiplier(cfg, torch.device("cpu"))
         >>> step_multiplier(lam, 15.0), round(lam.value.item(), 3)  # 1 + 0.1 * (15 - 10)
@@ -90,7 +90,7 @@ def make_lagrange_multiplier(cfg: DictConfig, device: torch.device) -> LagrangeM
     """
     return LagrangeMultiplier(
         cfg.cost_limit,
-        init=cfg.lambda_init,
+        init_lambda=cfg.init_lambda,
         lr=cfg.lambda_lr,
         optimizer=cfg.lambda_optimizer,
         device=device,
@@ -105,7 +105,7 @@ def make_pid_multiplier(cfg: DictConfig, device: torch.device) -> PIDLagrangian:
     Examples:
         >>> cfg = DictConfig({"cost_limit": 10.0, "pid_kp": 0.1, "pid_ki": 0.01, "pid_kd": 0.01,
         ...     "pid_d_delay": 2, "pid_delta_p_ema_alpha": 0.9, "pid_delta_d_ema_alpha": 0.5,
-        ...     "lambda_max": 100.0, "lambda_init": 0.001})
+        ...     "lambda_max": 100.0, "init_lambda": 0.001})
         >>> pid = make_pid_multiplier(cfg, torch.device("cpu"))
         >>> {k: round(v, 3) for k, v in pid_update(pid, 20.0).items()}, round(pid.value.item(), 3)
         ({'train/pid_p': 0.1, 'train/pid_i': 0.101, 'train/pid_d': 0.1}, 0.301)
@@ -120,7 +120,7 @@ def make_pid_multiplier(cfg: DictConfig, device: torch.device) -> PIDLagrangian:
         pid_delta_d_ema_alpha=cfg.pid_delta_d_ema_alpha,
         sum_norm=False,
         penalty_max=cfg.lambda_max,
-        lagrangian_multiplier_init=cfg.lambda_init,
+        init_lambda=cfg.init_lambda,
         device=device,
     )
 
@@ -132,7 +132,7 @@ def pid_update(pid: PIDLagrangian, episode_cost: float) -> dict[str, float]:
 
     Examples:
         >>> pid = PIDLagrangian(cost_limit=10.0, kp=1.0, ki=0.0, kd=0.0, pid_delta_p_ema_alpha=0.0,
-        ...                     sum_norm=False, lagrangian_multiplier_init=0.0)
+        ...                     sum_norm=False, init_lambda=0.0)
         >>> pid_update(pid, 12.0)["train/pid_p"], pid.value.item()  # K_P (J_C - d)
         (2.0, 2.0)
     """
@@ -173,14 +173,14 @@ def train_lagrangian_ppo(
         >>> from cmo_rl.objectives import LagrangeMultiplier
         >>> yaml = Path(__file__).resolve().parents[2] / "recipes" / "config" / "ppo_lagrangian.yaml"
         >>> cfg = OmegaConf.merge(OmegaConf.load(yaml), {
-        ...     "env_id": "MockCMDP-v0", "max_episode_steps": 25, "steps_per_epoch": 200,
+        ...     "env_id": "MockCMDP-v0", "episode_length": 25, "steps_per_epoch": 200,
         ...     "total_steps": 400, "hidden_layers": [8], "update_iters": 1, "eval_interval": 2,
         ...     "eval_episodes": 1, "cost_limit": 3.0, "progress": False,
         ...     "run_root": tempfile.mkdtemp()})
         >>> for hydra_only in ("defaults", "hydra"):
         ...     _ = cfg.pop(hydra_only)
         >>> def make(cfg, device):
-        ...     return LagrangeMultiplier(cfg.cost_limit, init=0.5, lr=0.1, device=device)
+        ...     return LagrangeMultiplier(cfg.cost_limit, init_lambda=0.5, lr=0.1, device=device)
         >>> def hold(multiplier, episode_cost):  # a fixed lambda: no update, one extra metric
         ...     return {"train/held": 1.0}
         >>> run_dir = train_lagrangian_ppo(cfg, recipe="fixed_lag", make_multiplier=make,

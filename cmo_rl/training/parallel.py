@@ -177,7 +177,7 @@ def worker_spec(cfg: Mapping[str, Any]) -> WorkerSpec | None:
     """The :class:`WorkerSpec` of a recipe config, or ``None`` for ``collector.backend=sync``.
 
     Examples:
-        >>> cfg = {"env_id": "MockCMDP-v0", "num_envs": 4, "max_episode_steps": 10,
+        >>> cfg = {"env_id": "MockCMDP-v0", "num_envs": 4, "episode_length": 10,
         ...        "collector": {"backend": "multi_sync", "num_workers": 2, "envs_per_worker": None,
         ...                      "ray_address": None}}
         >>> spec = worker_spec(cfg)
@@ -189,7 +189,7 @@ def worker_spec(cfg: Mapping[str, Any]) -> WorkerSpec | None:
     collector = CollectorConfig.from_config(cfg)
     if collector.backend == "sync":
         return None
-    horizon = cfg.get("max_episode_steps", None)
+    horizon = cfg.get("episode_length", None)
     return WorkerSpec(collector, str(cfg["env_id"]), None if horizon is None else int(horizon))
 
 

@@ -69,7 +69,7 @@ COMMON: dict[str, Field] = {
     # task
     "env_id": Field(str, check=env_id_check(MOCK_ENV_ID, state_vector=True)),
     "num_envs": Field(int, ge=1),
-    "max_episode_steps": Field(int, ge=1, nullable=True),
+    "episode_length": Field(int, ge=1, nullable=True),
     "normalize_observations": Field(bool),
     "cost_limit": Field(float, ge=0),
     # budget
@@ -106,7 +106,7 @@ PPO: dict[str, Field] = {
 }
 
 LAGRANGE: dict[str, Field] = {
-    "lambda_init": Field(float, ge=0),
+    "init_lambda": Field(float, ge=0),
     "lambda_lr": Field(float, gt=0),
     "lambda_optimizer": Field(str, choices=("adam", "sgd")),
 }
@@ -118,7 +118,7 @@ PID: dict[str, Field] = {
     "pid_d_delay": Field(int, ge=1),
     "pid_delta_p_ema_alpha": Field(float, ge=0, le=1),
     "pid_delta_d_ema_alpha": Field(float, ge=0, le=1),
-    "lambda_init": Field(float, ge=0),
+    "init_lambda": Field(float, ge=0),
     "lambda_max": Field(float, gt=0),
 }
 
@@ -137,7 +137,7 @@ def recipe_schema(*parts: Mapping[str, Field]) -> dict[str, Field]:
 
     Examples:
         >>> sorted(set(recipe_schema(PPO, LAGRANGE)) - set(COMMON))[:3]
-        ['clip_epsilon', 'entropy_coeff', 'kl_early_stop']
+        ['clip_epsilon', 'entropy_coeff', 'init_lambda']
     """
     schema = dict(COMMON)
     for part in parts:
@@ -201,7 +201,7 @@ def check_consistency(cfg: Mapping[str, Any], episode_horizon: int | None = None
             f"steps_per_epoch: got {spe}, i.e. {spe // num_envs} steps per env per epoch, fewer "
             f"than the episode horizon ({episode_horizon}): no episode would finish, so the "
             "episode cost would never be measured; raise steps_per_epoch, lower num_envs or "
-            "set max_episode_steps"
+            "set episode_length"
         )
     if problems:
         raise ConfigError(problems)

@@ -57,20 +57,20 @@ def set_torch_threads(threads: int) -> None:
 def make_envs(cfg: Mapping[str, Any]) -> tuple[TransformedEnv, TransformedEnv]:
     """The training env (``num_envs`` sub-envs) and the eval env (``eval_episodes`` sub-envs).
 
-    Both step on CPU and share the task options (``env_id``, ``max_episode_steps``,
+    Both step on CPU and share the task options (``env_id``, ``episode_length``,
     ``normalize_observations``); the eval env's normaliser is synced from the training env
     before each evaluation (:func:`cmo_rl.training.rollout_eval.sync_observation_norm`).
 
     Examples:
         >>> cfg = {"env_id": "MockCMDP-v0", "num_envs": 4, "eval_episodes": 2, "seed": 0,
-        ...        "max_episode_steps": 10, "normalize_observations": True}
+        ...        "episode_length": 10, "normalize_observations": True}
         >>> env, eval_env = make_envs(cfg)
         >>> tuple(env.batch_size), tuple(eval_env.batch_size)
         ((4,), (2,))
     """
     options = {
         "normalize_observations": bool(cfg["normalize_observations"]),
-        "max_episode_steps": cfg["max_episode_steps"],
+        "max_episode_steps": cfg["episode_length"],
     }
     env = make_env(cfg["env_id"], int(cfg["num_envs"]), seed=int(cfg["seed"]), **options)
     eval_env = make_env(cfg["env_id"], int(cfg["eval_episodes"]), seed=int(cfg["seed"]), **options)
@@ -147,7 +147,7 @@ def make_run_collector(
     Examples:
         >>> from types import SimpleNamespace
         >>> from cmo_rl.modules import make_actor
-        >>> cfg = {"env_id": "MockCMDP-v0", "max_episode_steps": 4, "steps_per_epoch": 8, "seed": 0,
+        >>> cfg = {"env_id": "MockCMDP-v0", "episode_length": 4, "steps_per_epoch": 8, "seed": 0,
         ...        "collector": None}
         >>> run = SimpleNamespace(cfg=cfg, num_epochs=3, epoch=1)  # resumed after epoch 1 of 3
         >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0, max_episode_steps=4)

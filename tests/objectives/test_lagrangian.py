@@ -236,7 +236,7 @@ def test_multiplier_sources():
     torch.testing.assert_close(loss(td)["loss_objective"], reference)
     loss.multiplier = None
     # from a multiplier module (not registered as a parameter of the loss)
-    lam = LagrangeMultiplier(cost_limit=1.0, init=0.5)
+    lam = LagrangeMultiplier(cost_limit=1.0, init_lambda=0.5)
     loss.multiplier = lam
     assert "lagrange_multiplier" not in loss.in_keys
     torch.testing.assert_close(loss(td)["loss_objective"], reference)
@@ -363,7 +363,7 @@ def test_end_to_end_on_mock_env_decreases_loss():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_loss_on_cuda_with_a_cpu_multiplier_module():
-    lam = LagrangeMultiplier(cost_limit=1.0, init=0.5)  # stays on CPU
+    lam = LagrangeMultiplier(cost_limit=1.0, init_lambda=0.5)  # stays on CPU
     loss, batch = _random_batch_loss(multiplier=lam)
     loss, batch = loss.to("cuda"), batch.to("cuda")
     out = loss(batch)

@@ -18,14 +18,14 @@ def _values(mult, costs):
 
 # ------------------------------------------------------------------------ LagrangeMultiplier
 def test_sgd_updates_by_hand():
-    lam = LagrangeMultiplier(cost_limit=10.0, init=0.5, lr=0.1, optimizer="sgd")
+    lam = LagrangeMultiplier(cost_limit=10.0, init_lambda=0.5, lr=0.1, optimizer="sgd")
     # 0.5 + 0.1 * 5 = 1.0; 1.0 + 0.1 * (2 - 10) = 0.2; 0.2 + 0.1 * (0 - 10) -> 0 (projected)
     assert _values(lam, [15.0, 2.0, 0.0]) == pytest.approx([1.0, 0.2, 0.0], abs=1e-6)
     assert lam.value.item() == 0.0
 
 
 def test_adam_updates_by_hand():
-    lam = LagrangeMultiplier(cost_limit=25.0, init=0.001, lr=0.035)  # OmniSafe defaults
+    lam = LagrangeMultiplier(cost_limit=25.0, init_lambda=0.001, lr=0.035)  # OmniSafe defaults
     # grads of -lambda (Jc - d): -5, -5, +5. Adam (b1=0.9, b2=0.999):
     # t=1: m_hat = -5, v_hat = 25 -> step +0.035 -> 0.036
     # t=2: m = -0.95, v = 0.049975 -> m_hat = -5, v_hat = 25 -> 0.071
@@ -35,14 +35,16 @@ def test_adam_updates_by_hand():
 
 
 def test_upper_bound_and_projection():
-    lam = LagrangeMultiplier(cost_limit=0.0, init=0.5, lr=0.1, upper_bound=1.0, optimizer="SGD")
+    lam = LagrangeMultiplier(
+        cost_limit=0.0, init_lambda=0.5, lr=0.1, upper_bound=1.0, optimizer="SGD"
+    )
     assert _values(lam, [100.0]) == [1.0]
-    lam = LagrangeMultiplier(cost_limit=0.0, init=-3.0, lr=0.1, optimizer="sgd")
+    lam = LagrangeMultiplier(cost_limit=0.0, init_lambda=-3.0, lr=0.1, optimizer="sgd")
     assert lam.value.item() == 0.0  # a negative init is clamped, as in OmniSafe
 
 
 def test_update_accepts_tensors_and_averages_episode_costs():
-    lam = LagrangeMultiplier(cost_limit=10.0, init=0.5, lr=0.1, optimizer="sgd")
+    lam = LagrangeMultiplier(cost_limit=10.0, init_lambda=0.5, lr=0.1, optimizer="sgd")
     out = lam.update(torch.tensor([[14.0], [16.0]]))  # mean 15
     assert out.item() == pytest.approx(1.0) and not out.requires_grad
     with pytest.raises(ValueError, match="finite"):
@@ -53,7 +55,7 @@ def test_update_accepts_tensors_and_averages_episode_costs():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_lagrange_skips_the_step_when_no_episode_finished(optimizer):
-    lam = LagrangeMultiplier(cost_limit=25.0, init=0.001, lr=0.035, optimizer=optimizer)
+    lam = LagrangeMultiplier(cost_limit=25.0, init_lambda=0.001, lr=0.035, optimizer=optimizer)
     done = torch.zeros(4, 1, dtype=torch.bool)  # a batch in which no episode finished
     episode_cost = torch.full((4, 1), 99.0)  # running sums, not episode totals
     before = copy.deepcopy(lam.state_dict())
@@ -69,7 +71,7 @@ def test_lagrange_skips_the_step_when_no_episode_finished(optimizer):
 
 
 def test_forward_writes_lagrange_multiplier():
-    lam = LagrangeMultiplier(cost_limit=1.0, init=0.25)
+    lam = LagrangeMultiplier(cost_limit=1.0, init_lambda=0.25)
     td = lam(TensorDict(batch_size=[4, 3]))
     assert td["lagrange_multiplier"].shape == (4, 3, 1)
     assert bool((td["lagrange_multiplier"] == 0.25).all())
@@ -82,7 +84,7 @@ def test_lagrange_state_dict_round_trip_resumes_adam_exactly():
     _values(lam, [30.0, 31.0])
     state = lam.state_dict()
     assert "_extra_state" in state
-    clone = LagrangeMultiplier(cost_limit=0.0, init=0.9)  # different values, same structure
+    clone = LagrangeMultiplier(cost_limit=0.0, init_lambda=0.9)  # different values, same structure
     clone.load_state_dict(state)
     assert clone.value.item() == lam.value.item() and clone.cost_limit.item() == 25.0
     # the two continue identically, and do not share optimizer state
@@ -171,7 +173,7 @@ def test_pid_updates_by_hand():
         d_delay=2,
         pid_delta_p_ema_alpha=0.9,
         pid_delta_d_ema_alpha=0.5,
-        lagrangian_multiplier_init=0.001,
+        init_lambda=0.001,
     )
     assert pid.value.item() == 0.0  # OmniSafe: 0 until the first update
     # Jc=20: I=0.101, P=1.0,  C=10,   D=max(0, 10 - 0)     -> 0.1*1.0  + 0.101 + 0.01*10  = 0.301
@@ -211,7 +213,7 @@ def test_pid_clamping():
         pid_delta_p_ema_alpha=0.0,
         sum_norm=False,
         penalty_max=5.0,
-        lagrangian_multiplier_init=0.0,
+        init_lambda=0.0,
     )
     assert _values(capped, [50.0]) == [5.0]
     uncapped = PIDLagrangian(
@@ -222,7 +224,7 @@ def test_pid_clamping():
         pid_delta_p_ema_alpha=0.0,
         sum_norm=True,
         penalty_max=5.0,
-        lagrangian_multiplier_init=0.0,
+        init_lambda=0.0,
     )
     assert _values(uncapped, [50.0]) == [50.0]
     # diff_norm clips both the integral and the penalty to [0, 1]
@@ -246,7 +248,7 @@ def test_pid_matches_omnisafe_reference_on_random_sequences(d_delay, sum_norm, d
         sum_norm=sum_norm,
         diff_norm=diff_norm,
         penalty_max=2.0,
-        lagrangian_multiplier_init=0.01,
+        init_lambda=0.01,
     )
     ref = omnisafe_pid_reference(
         costs, 25.0, 0.3, 0.02, 0.05, d_delay, 0.9, 0.8, sum_norm, diff_norm, 2.0, 0.01
@@ -280,7 +282,7 @@ def test_pid_skips_the_step_when_no_episode_finished():
 
 
 def test_value_converts_to_float_without_warnings():
-    lam = LagrangeMultiplier(cost_limit=10.0, init=0.5, lr=0.1, optimizer="sgd")
+    lam = LagrangeMultiplier(cost_limit=10.0, init_lambda=0.5, lr=0.1, optimizer="sgd")
     pid = PIDLagrangian(
         cost_limit=10.0,
         kp=0.1,

@@ -46,7 +46,7 @@ def test_compare_runs_reuses_and_reports_crashes_on_the_mock(tmp_path):
         "seeds=[0,1]",
         "total_steps=150",  # 3 updates of 2 envs x 25 steps
         "num_envs=2",
-        "max_episode_steps=25",
+        "episode_length=25",
         "cost_limit=3.0",
         "eval_interval=2",
         "eval_episodes=2",
@@ -103,7 +103,7 @@ def test_compare_rejects_a_bad_config_before_any_run(tmp_path):
 def test_compare_multirun_gives_each_job_its_own_study(tmp_path):
     # aggregate_only: nothing runs; the planned runs are reported as missing, not dropped
     args = ["-m", f"run_root={tmp_path}", "tasks=[MockCMDP-v0]", "methods=[cpo]", "seeds=[0]",
-            "num_envs=2", "max_episode_steps=25", "total_steps=100,200", "aggregate_only=true"]  # fmt: skip
+            "num_envs=2", "episode_length=25", "total_steps=100,200", "aggregate_only=true"]  # fmt: skip
     out = _compare(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     for study, updates in (("steps100", 2), ("steps200", 4)):

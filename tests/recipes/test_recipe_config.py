@@ -32,7 +32,7 @@ def test_yaml_and_schema_have_the_same_keys_and_omnisafe_defaults(name):
     assert {k: plain[k] for k in _OMNISAFE_DEFAULTS} == _OMNISAFE_DEFAULTS
     expected = {
         "ppo_lagrangian": {"update_iters": 40, "target_kl": 0.02, "clip_epsilon": 0.2,
-                           "lambda_init": 0.001, "lambda_lr": 0.035, "lr_decay": True},
+                           "init_lambda": 0.001, "lambda_lr": 0.035, "lr_decay": True},
         "pid_lagrangian": {"update_iters": 40, "target_kl": 0.02, "pid_kp": 0.1, "pid_ki": 0.01,
                            "pid_kd": 0.01, "pid_d_delay": 10, "pid_delta_p_ema_alpha": 0.95,
                            "pid_delta_d_ema_alpha": 0.95, "lambda_max": 100.0},
@@ -94,7 +94,7 @@ def test_unknown_key_is_refused_by_hydra(tmp_path):
     ("overrides", "message"),
     [
         (["num_envs=3"], "steps_per_epoch: got 200, must be a multiple of num_envs (3)"),
-        (["max_episode_steps=60"], "fewer than the episode horizon (60)"),
+        (["episode_length=60"], "fewer than the episode horizon (60)"),
         (["minibatch_size=500"], "minibatch_size: got 500, must be <= steps_per_epoch (200)"),
         (["resume=/nonexistent/run"], "resume: '/nonexistent/run' is not an existing run"),
     ],

@@ -17,7 +17,7 @@ from cmo_rl.training.lagrangian_ppo import (
 def test_ppo_lagrangian_multiplier_follows_the_lambda_keys():
     cfg = compose(
         "ppo_lagrangian",
-        ["cost_limit=10.0", "lambda_init=1.0", "lambda_lr=0.1", "lambda_optimizer=sgd"],
+        ["cost_limit=10.0", "init_lambda=1.0", "lambda_lr=0.1", "lambda_optimizer=sgd"],
     )
     lam = make_lagrange_multiplier(cfg, torch.device("cpu"))
     assert isinstance(lam, LagrangeMultiplier)
@@ -37,7 +37,7 @@ def test_pid_update_logs_the_three_terms_of_lambda():
             "pid_d_delay=2",
             "pid_delta_p_ema_alpha=0.9",
             "pid_delta_d_ema_alpha=0.5",
-            "lambda_init=0.001",
+            "init_lambda=0.001",
         ],
     )
     pid = make_pid_multiplier(cfg, torch.device("cpu"))

@@ -62,7 +62,7 @@ def test_recipe_cli_on_a_safety_gymnasium_task(tmp_path):
     args = [
         "env_id=SafetyPointGoal1-v0",
         "num_envs=2",
-        "max_episode_steps=20",
+        "episode_length=20",
         "steps_per_epoch=40",
         "total_steps=80",
         "minibatch_size=20",
@@ -116,10 +116,10 @@ def test_tanh_normal_policy(name, tmp_path):
 
 def test_ppo_is_ppo_lagrangian_with_lambda_held_at_zero(tmp_path):
     """recipes/ppo.py makes the same updates as compare's ``ppo`` method (PPO-Lag with
-    lambda_init=0 and an unreachable limit): identical returns, costs and losses."""
+    init_lambda=0 and an unreachable limit): identical returns, costs and losses."""
     ppo = metrics(train("ppo", [*TINY, f"run_root={tmp_path / 'a'}"]))
     lag = metrics(
-        train("ppo_lagrangian", [*TINY, "lambda_init=0.0", "cost_limit=1e9",
+        train("ppo_lagrangian", [*TINY, "init_lambda=0.0", "cost_limit=1e9",
                                  f"run_root={tmp_path / 'b'}"])
     )  # fmt: skip
     assert (ppo["train/lambda"] == 0).all() and (lag["train/lambda"] == 0).all()

@@ -23,7 +23,7 @@ def _config(run_root: Path, **overrides):
     tiny = {
         "env_id": "MockCMDP-v0",
         "num_envs": 4,
-        "max_episode_steps": 25,
+        "episode_length": 25,
         "steps_per_epoch": 200,
         "total_steps": 600,
         "hidden_layers": [8],
@@ -43,7 +43,7 @@ def test_hooks_build_and_update_the_multiplier_once_per_epoch(tmp_path):
 
     def make(cfg, device):
         built.append((cfg.cost_limit, device))
-        return LagrangeMultiplier(cfg.cost_limit, init=0.5, lr=0.1, optimizer="sgd")
+        return LagrangeMultiplier(cfg.cost_limit, init_lambda=0.5, lr=0.1, optimizer="sgd")
 
     def update(multiplier, episode_cost):
         before = multiplier.value.item()
@@ -70,6 +70,6 @@ def test_hooks_build_and_update_the_multiplier_once_per_epoch(tmp_path):
         assert after == pytest.approx(lam) and logged == pytest.approx(lam)
     state = load_checkpoint(latest_checkpoint(run_dir))
     assert set(state) >= {"policy", "value", "cost_value", "multiplier", "optimizer"}
-    restored = LagrangeMultiplier(3.0, init=0.0, lr=0.1, optimizer="sgd")
+    restored = LagrangeMultiplier(3.0, init_lambda=0.0, lr=0.1, optimizer="sgd")
     restored.load_state_dict(state["multiplier"])
     assert restored.value.item() == pytest.approx(lam)

@@ -31,7 +31,7 @@ def _cfg(**collector) -> dict:
     return {
         "env_id": "MockCMDP-v0",
         "num_envs": 4,
-        "max_episode_steps": HORIZON,
+        "episode_length": HORIZON,
         "normalize_observations": False,
         "collector": block,
     }
@@ -201,7 +201,7 @@ def test_safety_gymnasium_workers_reset_like_the_single_process_envs():
         **_cfg(num_workers=2),
         "env_id": "SafetyPointGoal1-v0",
         "num_envs": 2,
-        "max_episode_steps": 3,
+        "episode_length": 3,
     }
     first = []
     for workers in (None, worker_spec(cfg)):
@@ -234,7 +234,7 @@ def test_recipe_collects_with_worker_processes(name, tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     overrides = [
-        "env_id=MockCMDP-v0", "num_envs=4", "max_episode_steps=25", "steps_per_epoch=200",
+        "env_id=MockCMDP-v0", "num_envs=4", "episode_length=25", "steps_per_epoch=200",
         "total_steps=400", "minibatch_size=50", "update_iters=2", "eval_interval=2",
         "eval_episodes=2", "cost_limit=3.0", "progress=false", f"run_root={tmp_path}",
         "collector.backend=multi_sync", "collector.num_workers=2",

@@ -35,7 +35,7 @@ def _objects(seed: int):
     torch.manual_seed(seed)
     env = make_env("MockCMDP-v0", num_envs=4, seed=0, normalize_observations=True)
     actor, critic, cost_critic = actor_critic_from_env(env, hidden_layers=(8,))
-    lam = LagrangeMultiplier(cost_limit=2.0, init=0.5, lr=0.1)
+    lam = LagrangeMultiplier(cost_limit=2.0, init_lambda=0.5, lr=0.1)
     pid = PIDLagrangian(cost_limit=2.0, kp=0.5, ki=0.1, kd=0.2, d_delay=3)
     optimizer = make_optimizer({"actor": actor, "critic": critic, "cost_critic": cost_critic}, 1e-2)
     modules = {"policy": actor, "value": critic, "cost_value": cost_critic, "lam": lam, "pid": pid}

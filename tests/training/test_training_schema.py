@@ -10,7 +10,7 @@ from cmo_rl.training.schema import COMMON, CPO, LAGRANGE, PID, PPO, check_consis
 
 def _good() -> dict:
     return {
-        "env_id": "MockCMDP-v0", "num_envs": 4, "max_episode_steps": None,
+        "env_id": "MockCMDP-v0", "num_envs": 4, "episode_length": None,
         "normalize_observations": True, "cost_limit": 25.0, "total_steps": 1000,
         "steps_per_epoch": 100, "hidden_layers": [64, 64], "activation": "tanh",
         "init_log_std": -0.5, "lr": 3e-4, "update_iters": 10, "minibatch_size": 64,

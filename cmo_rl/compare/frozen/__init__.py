@@ -1,14 +1,14 @@
 """A frozen meta-trained optimizer trains one fresh policy: the "recipe" of meta-LSTM / meta-PID.
 
     python -m cmo_rl.compare.frozen checkpoint=runs/meta_lstm/SafetyPointGoal1-v0/20250101-120000 \\
-        env_id=SafetyPointButton1-v0 seed=0 total_steps=40000 num_envs=4 max_episode_steps=1000
+        env_id=SafetyPointButton1-v0 seed=0 total_steps=40000 num_envs=4 episode_length=1000
 
 ``checkpoint`` is a ``cmo`` checkpoint file, or a ``cmo`` run directory (its newest checkpoint).
 The meta-optimizer is rebuilt from the checkpoint's config and weights and never changes here
 (no meta-gradient). The policy, critics and inner round are those of the meta-test
 (:class:`cmo_rl.meta.RolloutTaskSampler` with the checkpoint's ``gamma``, ``gae_lambda``,
 ``critic_lr``, ``critic_steps``; no observation normalisation, as in meta-training), with this
-run's ``hidden_layers``, episode length ``T = max_episode_steps`` and ``B = num_envs`` envs; the
+run's ``hidden_layers``, episode length ``T = episode_length`` and ``B = num_envs`` envs; the
 rounds are :func:`cmo_rl.meta.unroll` without a meta-graph (``differentiable=False``), logged and
 evaluated after each update. For ``k = 0 .. total_steps // (B T) - 1``:
 
@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "total_steps": 40000,
     "num_envs": 4,
-    "max_episode_steps": 1000,
+    "episode_length": 1000,
     "cost_limit": 25.0,
     "hidden_layers": [64, 64],
     "eval_interval": 5,
@@ -83,7 +83,7 @@ SCHEMA: dict[str, Field] = {
     "seed": Field(int, ge=0),
     "total_steps": Field(int, ge=1),
     "num_envs": Field(int, ge=1),
-    "max_episode_steps": Field(int, ge=1),
+    "episode_length": Field(int, ge=1),
     "cost_limit": Field(float, ge=0),
     "hidden_layers": Field(list, items=int, check=_layers),
     "eval_interval": Field(int, ge=1),
@@ -171,7 +171,7 @@ def train(cfg: Mapping[str, Any]) -> Path:
         ...     ckpt = save_checkpoint(f"{d}/meta.pt", {"meta_optimizer": opt.state_dict(),
         ...                            "config": {"meta_optimizer_type": "pid", "init_etaR": 0.05}})
         ...     cfg = {**DEFAULTS, "checkpoint": str(ckpt), "env_id": "MockCMDP-v0", "num_envs": 2,
-        ...            "max_episode_steps": 5, "total_steps": 30, "cost_limit": 1.0,
+        ...            "episode_length": 5, "total_steps": 30, "cost_limit": 1.0,
         ...            "hidden_layers": [4], "eval_interval": 2, "eval_episodes": 2,
         ...            "run_root": d, "progress": False}
         ...     run = train(cfg)  # doctest: +ELLIPSIS
@@ -190,14 +190,14 @@ def train(cfg: Mapping[str, Any]) -> Path:
     if int(cfg["torch_threads"]):
         torch.set_num_threads(int(cfg["torch_threads"]))
     optimizer, meta_cfg, ckpt = load_meta_optimizer(cfg["checkpoint"], device)
-    episode_length, num_envs = int(cfg["max_episode_steps"]), int(cfg["num_envs"])
+    episode_length, num_envs = int(cfg["episode_length"]), int(cfg["num_envs"])
     steps_per_round = episode_length * num_envs
     rounds = int(cfg["total_steps"]) // steps_per_round
     if rounds < 1:
         raise ConfigError(
             [
                 f"total_steps: got {cfg['total_steps']}, less than one round of num_envs x "
-                f"max_episode_steps = {steps_per_round} env steps"
+                f"episode_length = {steps_per_round} env steps"
             ]
         )
     cost_limit, seed = float(cfg["cost_limit"]), int(cfg["seed"])
