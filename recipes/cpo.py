@@ -29,7 +29,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cmo_rl.lifecycle import NonFiniteError, accept_renamed_keys, run_cli
 from cmo_rl.objectives import CPOUpdate, CriticLoss
@@ -55,8 +55,12 @@ CONFIG_DIR = Path(__file__).resolve().parent / "config"
 SCHEMA = recipe_schema(CPO)
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train CPO with ``cfg`` (validated); returns the run directory."""
+def train(cfg: DictConfig) -> Path | list[Path]:
+    """Train CPO with ``cfg`` (validated); returns the run directory (a list of them, one
+    per seed, with ``seeds=[...]``: CPO's line search takes a data-dependent number of steps
+    per learner, so its seeds run one after another, each a plain single-seed run)."""
+    if cfg.get("seeds") is not None:
+        return [train(OmegaConf.merge(cfg, {"seed": seed, "seeds": None})) for seed in cfg.seeds]
     run = TrainingRun(cfg, recipe="cpo")
     cfg = run.cfg  # on resume: the stored config (plus allowed changes)
     device = torch.device(cfg.device)

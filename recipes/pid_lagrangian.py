@@ -36,16 +36,18 @@ import hydra
 from omegaconf import DictConfig
 
 from cmo_rl.lifecycle import accept_renamed_keys, run_cli
-from cmo_rl.training.lagrangian_ppo import make_pid_multiplier, pid_update, train_lagrangian_ppo
+from cmo_rl.population.train import train_seeds
+from cmo_rl.training.lagrangian_ppo import make_pid_multiplier, pid_update
 from cmo_rl.training.schema import PID, PPO, RULES, recipe_schema
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 SCHEMA = recipe_schema(PPO, PID)
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train PID-Lagrangian PPO with ``cfg`` (validated); returns the run directory."""
-    return train_lagrangian_ppo(
+def train(cfg: DictConfig) -> Path | list[Path]:
+    """Train PID-Lagrangian PPO with ``cfg`` (validated); returns the run directory (one per
+    seed with ``seeds=[...]``)."""
+    return train_seeds(
         cfg, recipe="pid_lag", make_multiplier=make_pid_multiplier, update_multiplier=pid_update
     )
 

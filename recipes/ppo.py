@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from cmo_rl.lifecycle import accept_renamed_keys, run_cli
 from cmo_rl.objectives import LagrangeMultiplier
-from cmo_rl.training.lagrangian_ppo import train_lagrangian_ppo
+from cmo_rl.population.train import train_seeds
 from cmo_rl.training.schema import PPO, RULES, recipe_schema
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
@@ -39,9 +39,10 @@ def hold_at_zero(multiplier: LagrangeMultiplier, episode_cost: float) -> dict[st
     return {}
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train unconstrained PPO with ``cfg`` (validated); returns the run directory."""
-    return train_lagrangian_ppo(
+def train(cfg: DictConfig) -> Path | list[Path]:
+    """Train unconstrained PPO with ``cfg`` (validated); returns the run directory (one per seed
+    with ``seeds=[...]``)."""
+    return train_seeds(
         cfg, recipe="ppo", make_multiplier=make_multiplier, update_multiplier=hold_at_zero
     )
 

@@ -27,16 +27,18 @@ import hydra
 from omegaconf import DictConfig
 
 from cmo_rl.lifecycle import accept_renamed_keys, run_cli
-from cmo_rl.training.lagrangian_ppo import make_lagrange_multiplier, train_lagrangian_ppo
+from cmo_rl.population.train import train_seeds
+from cmo_rl.training.lagrangian_ppo import make_lagrange_multiplier
 from cmo_rl.training.schema import LAGRANGE, PPO, RULES, recipe_schema
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 SCHEMA = recipe_schema(PPO, LAGRANGE)
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train PPO-Lagrangian with ``cfg`` (validated); returns the run directory."""
-    return train_lagrangian_ppo(cfg, recipe="ppo_lag", make_multiplier=make_lagrange_multiplier)
+def train(cfg: DictConfig) -> Path | list[Path]:
+    """Train PPO-Lagrangian with ``cfg`` (validated); returns the run directory (one per seed
+    with ``seeds=[...]``)."""
+    return train_seeds(cfg, recipe="ppo_lag", make_multiplier=make_lagrange_multiplier)
 
 
 @accept_renamed_keys

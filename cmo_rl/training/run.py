@@ -242,6 +242,13 @@ class TrainingRun:
         finally:
             collector.shutdown()
 
+    def record_collection(self, seconds: float) -> None:
+        """For loops that collect without :meth:`batches` (a population's shared collector):
+        the epoch's batch took ``seconds`` and is ready now (``time/collect``; ``time/update``
+        counts from here to :meth:`end_epoch`)."""
+        self._t_collect = float(seconds)
+        self._t_batch = time.perf_counter()
+
     def end_epoch(self, batch: TensorDictBase, metrics: Mapping[str, Any]) -> None:
         """Log the epoch's ``train/`` and ``time/`` metrics, evaluate, snapshot, checkpoint."""
         assert self.logger is not None

@@ -29,9 +29,30 @@ __all__ = [
     "check_consistency",
     "collector_check",
     "recipe_schema",
+    "seed_list",
 ]
 
 _ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")
+
+
+def seed_list(values: list) -> bool:
+    """``check`` of ``seeds``: a non-empty list of distinct seeds ``>= 0``.
+
+    Examples:
+        >>> seed_list([0, 1, 2])
+        True
+        >>> seed_list([0, 0])
+        Traceback (most recent call last):
+        ...
+        ValueError: each seed at most once
+    """
+    if not values:
+        raise ValueError("give at least one seed, e.g. seeds=[0,1,2] (or seeds=null: one run)")
+    if any(v < 0 for v in values):
+        raise ValueError("seeds must be >= 0")
+    if len(set(values)) != len(values):
+        raise ValueError("each seed at most once")
+    return True
 
 
 #: ``collector.backend`` values (:data:`cmo_rl.training.parallel.BACKENDS`).
@@ -94,6 +115,7 @@ COMMON: dict[str, Field] = {
     "eval_interval": Field(int, ge=1),
     "eval_episodes": Field(int, ge=1),
     **RUN_FIELDS,  # run directory, resume, checkpoints, nan_policy, progress, system
+    "seeds": Field(list, items=int, nullable=True, required=False, check=seed_list),
     # collection: processes / Ray actors (optional block; absent: one process)
     "collector": Field(dict, required=False, check=collector_check),
 }
@@ -103,6 +125,7 @@ PPO: dict[str, Field] = {
     "clip_epsilon": Field(float, gt=0, lt=1),
     "entropy_coeff": Field(float, ge=0),
     "kl_early_stop": Field(bool),
+    "compile": Field(bool, required=False),  # absent: false
 }
 
 LAGRANGE: dict[str, Field] = {
@@ -136,8 +159,8 @@ def recipe_schema(*parts: Mapping[str, Field]) -> dict[str, Field]:
     """``COMMON`` merged with ``parts`` (a key in two parts must have the same rule).
 
     Examples:
-        >>> sorted(set(recipe_schema(PPO, LAGRANGE)) - set(COMMON))[:3]
-        ['clip_epsilon', 'entropy_coeff', 'init_lambda']
+        >>> sorted(set(recipe_schema(PPO, LAGRANGE)) - set(COMMON))[:4]
+        ['clip_epsilon', 'compile', 'entropy_coeff', 'init_lambda']
     """
     schema = dict(COMMON)
     for part in parts:
@@ -169,12 +192,19 @@ def _minibatch_fits_epoch(cfg: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def _compile_needs_a_population(cfg: Mapping[str, Any]) -> list[str]:
+    if cfg.get("compile") and not cfg.get("seeds"):
+        return ["compile: true compiles the population update; give seeds=[...] too"]
+    return []
+
+
 #: The checks of a recipe config that involve several keys (reported with the single-key
 #: problems, in one message, by :func:`cmo_rl.config.validate_config`).
 RULES = (
     Rule(("num_envs", "steps_per_epoch"), _epoch_fits_envs),
     Rule(("total_steps", "steps_per_epoch"), _budget_holds_an_epoch),
     Rule(("minibatch_size", "steps_per_epoch"), _minibatch_fits_epoch),
+    Rule(("compile", "seeds"), _compile_needs_a_population),
 )
 
 

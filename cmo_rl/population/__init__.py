@@ -1,0 +1,56 @@
+"""Many learners in one process: a vectorised PPO / PPO-Lag / PID-Lag update over a population.
+
+``P`` independently initialised learners of one architecture train side by side: their
+parameters are stacked (:mod:`~cmo_rl.population.learners`), one ``torch.func.vmap`` of
+``torch.func.grad`` computes every learner's minibatch gradient of the PPO-Lagrangian loss
+(:mod:`~cmo_rl.population.loss`), a stacked Adam with per-network clipping applies them
+(:mod:`~cmo_rl.population.adam`), and :class:`PopulationPPO` runs the passes with a KL early
+stop per learner (:mod:`~cmo_rl.population.update`). The multipliers follow their own rules
+per learner (:mod:`~cmo_rl.population.multipliers`). Each piece equals ``P`` separate
+single-learner runs (``tests/population``). The package belongs to the baseline wing: it uses
+:mod:`cmo_rl.training` and never :mod:`cmo_rl.meta`.
+"""
+
+from cmo_rl.population.adam import StackedAdam, adam_update, clip_group_norms
+from cmo_rl.population.collection import PopulationCollector
+from cmo_rl.population.learners import (
+    GROUPS,
+    LearnerNets,
+    make_population,
+    stack_learners,
+    unstack_learners,
+)
+from cmo_rl.population.loss import LossCoefficients, approx_kl_of, lagrangian_ppo_loss
+from cmo_rl.population.multipliers import StackedLagrange, StackedPID
+from cmo_rl.population.rng import LearnerRNG
+from cmo_rl.population.train import (
+    POPULATION_FILE,
+    population_seeds,
+    train_population,
+    train_seeds,
+)
+from cmo_rl.population.update import BATCH_KEYS, PopulationPPO
+
+__all__ = [
+    "BATCH_KEYS",
+    "GROUPS",
+    "POPULATION_FILE",
+    "LearnerNets",
+    "LearnerRNG",
+    "LossCoefficients",
+    "PopulationCollector",
+    "PopulationPPO",
+    "StackedAdam",
+    "StackedLagrange",
+    "StackedPID",
+    "adam_update",
+    "approx_kl_of",
+    "clip_group_norms",
+    "lagrangian_ppo_loss",
+    "make_population",
+    "population_seeds",
+    "stack_learners",
+    "train_population",
+    "train_seeds",
+    "unstack_learners",
+]
