@@ -235,24 +235,33 @@ def _builder(env: Any) -> Any:
     return base if isinstance(base, Builder) else None
 
 
-def _refusal_for_id(env_id: str) -> str | None:
+def _builder_spec(env_id: str, vision: str) -> tuple[Any, str | None]:
+    """The registry spec of ``env_id`` and why a Builder speed-up refuses it (``None``: it
+    does not): an unknown id, another entry point, vision observations (``vision``: why they
+    matter), a keyboard debug env. Shared by fast resets and fast steps."""
     import safety_gymnasium  # noqa: F401  (registers the ids)
     from gymnasium.envs.registration import registry
 
     spec = registry.get(env_id)
     if spec is None:
-        return f"unknown Safety-Gymnasium id {env_id!r}"
+        return None, f"unknown Safety-Gymnasium id {env_id!r}"
     if spec.entry_point != _BUILDER_ENTRY_POINT:
-        return (
-            f"{env_id!r} is not a MuJoCo-scene (Builder) task (entry point {spec.entry_point!r}); "
-            "its reset does not rebuild a scene, so there is nothing to speed up"
+        return spec, (
+            f"{env_id!r} is not a MuJoCo-scene (Builder) task (entry point {spec.entry_point!r})"
         )
     config = (spec.kwargs or {}).get("config") or {}
     if config.get("observe_vision"):
-        return f"{env_id!r} observes vision: its pixels show the skybox that fast resets skip"
+        return spec, f"{env_id!r} observes vision: {vision}"
     if config.get("debug"):
-        return f"{env_id!r} is a keyboard debug env: it renders to a window"
-    return None
+        return spec, f"{env_id!r} is a keyboard debug env: it renders to a window"
+    return spec, None
+
+
+def _refusal_for_id(env_id: str) -> str | None:
+    spec, reason = _builder_spec(env_id, "its pixels show the skybox that fast resets skip")
+    if reason is not None and spec is not None and spec.entry_point != _BUILDER_ENTRY_POINT:
+        return f"{reason}; its reset does not rebuild a scene, so there is nothing to speed up"
+    return reason
 
 
 def _refusal_for_env(env: Any) -> str | None:

@@ -56,6 +56,27 @@ def _explained_variance(target: torch.Tensor, value: torch.Tensor) -> torch.Tens
         return 1.0 - (t - v).var(correction=0) / (t.var(correction=0) + _EPS)
 
 
+def _batch_diagnostics(
+    advantage: torch.Tensor,
+    cost_advantage: torch.Tensor,
+    penalised: torch.Tensor,
+    values: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """The advantage and critic diagnostics of a batch (``values``: reward target, reward
+    value, cost target, cost value); shared with the population loss."""
+    value_target, value, cost_value_target, cost_value = values
+    advantage, cost_advantage = advantage.detach(), cost_advantage.detach()
+    return {
+        "advantage_mean": advantage.mean(),
+        "advantage_std": advantage.std(correction=0),
+        "cost_advantage_mean": cost_advantage.mean(),
+        "cost_advantage_std": cost_advantage.std(correction=0),
+        "lagrangian_advantage_mean": penalised.detach().mean(),
+        "explained_variance": _explained_variance(value_target, value),
+        "cost_explained_variance": _explained_variance(cost_value_target, cost_value),
+    }
+
+
 def lagrangian_advantage(
     advantage: torch.Tensor, cost_advantage: torch.Tensor, multiplier: torch.Tensor | float
 ) -> torch.Tensor:
@@ -451,13 +472,12 @@ class LagrangianPPOLoss(_CriticLossBase):
                 clip_fraction=((ratio.detach() - 1.0).abs() > eps).float().mean(),
                 ratio_mean=ratio.detach().mean(),
                 lagrange_multiplier=multiplier.detach().float().mean(),
-                advantage_mean=raw_advantage.mean(),
-                advantage_std=raw_advantage.std(correction=0),
-                cost_advantage_mean=raw_cost_advantage.mean(),
-                cost_advantage_std=raw_cost_advantage.std(correction=0),
-                lagrangian_advantage_mean=penalised.detach().mean(),
-                explained_variance=_explained_variance(value_target, value),
-                cost_explained_variance=_explained_variance(cost_value_target, cost_value),
+                **_batch_diagnostics(
+                    raw_advantage,
+                    raw_cost_advantage,
+                    penalised,
+                    (value_target, value, cost_value_target, cost_value),
+                ),
             )
         out.set("loss_objective", loss_objective)
         out.update(critic_losses)

@@ -4,7 +4,7 @@ Learner ``p`` has its own env (``num_envs`` sub-envs, its own seeds and observat
 normaliser, as :func:`cmo_rl.training.setup.make_envs` builds it for that seed). Each env step,
 one ``torch.func.vmap`` of the actor networks over the learners' stacked parameters gives every
 learner's ``loc`` and ``scale``; each learner then samples its action with the actor's own
-distribution module inside its RNG streams (:class:`~cmo_rl.population.rng.LearnerRNG`) and
+distribution module inside its torch RNG stream (:class:`~cmo_rl.population.rng.LearnerRNG`) and
 its env steps. The batch of learner ``p`` is what :func:`cmo_rl.training.collection.make_collector`
 collects in that learner's single-seed run: the envs are reset once when the collector is built
 and, at the start of each epoch, re-seeded with :func:`~cmo_rl.seeding.epoch_seed` and reset;
@@ -124,7 +124,7 @@ class PopulationCollector:
                     loc, scale = self._loc_scale(actor_params, observation)
                 for p, env in enumerate(self.envs):
                     carrier = self._carriers[p]
-                    with self.rng.activate(p):
+                    with self.rng.activate(p, torch_only=True):  # the action draw
                         if self.vectorize:
                             carrier.set("loc", loc[p])
                             carrier.set("scale", scale[p])

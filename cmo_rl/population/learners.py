@@ -180,10 +180,9 @@ def unstack_learners(params: TensorDictBase, agents: Sequence[Sequence[nn.Module
     """Copy learner ``p`` of ``params`` into ``agents[p]`` (in place, no gradient).
 
     Examples:
-        >>> from cmo_rl.envs.factory import make_env
-        >>> from cmo_rl.modules import actor_critic_from_env
-        >>> env = make_env("MockCMDP-v0", num_envs=2)
-        >>> agents = [actor_critic_from_env(env, hidden_layers=(8,)) for _ in range(2)]
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> cfg = {"hidden_layers": [4], "activation": "tanh", "init_log_std": -0.5}
+        >>> agents = make_population(cfg, MockCMDPEnv(num_envs=1), "cpu", size=2)
         >>> params = stack_learners(agents)
         >>> params["actor", "1", "log_std"] += 1.0
         >>> unstack_learners(params, agents)

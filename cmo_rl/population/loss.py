@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from cmo_rl.objectives import LagrangianPPOLoss, lagrangian_advantage
-from cmo_rl.objectives.lagrangian import _explained_variance
+from cmo_rl.objectives.lagrangian import _batch_diagnostics
 from cmo_rl.population.learners import LearnerNets
 
 __all__ = ["LossCoefficients", "approx_kl_of", "lagrangian_ppo_loss"]
@@ -157,16 +157,8 @@ def lagrangian_ppo_loss(
         "lagrange_multiplier": multiplier.detach().float().mean(),
     }
     if all_diagnostics:
-        raw_advantage, raw_cost_advantage = advantage.detach(), cost_advantage.detach()
-        out.update(
-            advantage_mean=raw_advantage.mean(),
-            advantage_std=raw_advantage.std(correction=0),
-            cost_advantage_mean=raw_cost_advantage.mean(),
-            cost_advantage_std=raw_cost_advantage.std(correction=0),
-            lagrangian_advantage_mean=penalised.detach().mean(),
-            explained_variance=_explained_variance(value_target, value),
-            cost_explained_variance=_explained_variance(cost_value_target, cost_value),
-        )
+        values = (value_target, value, cost_value_target, cost_value)
+        out.update(_batch_diagnostics(advantage, cost_advantage, penalised, values))
     out.update({k: v.detach() for k, v in losses.items()})
     return total, out
 
@@ -182,12 +174,12 @@ def approx_kl_of(
     of :math:`(r - 1) - \\log r` over the batch (never negative).
 
     Examples:
-        >>> from cmo_rl.envs.factory import make_env
-        >>> from cmo_rl.modules import actor_critic_from_env
-        >>> from cmo_rl.population.learners import stack_learners
-        >>> agent = actor_critic_from_env(make_env("MockCMDP-v0", num_envs=2), hidden_layers=(8,))
-        >>> nets = LearnerNets.from_agent(agent)
-        >>> actor = nets.flat_params(stack_learners([agent])[0])["actor"]
+        >>> from cmo_rl.population.learners import make_population, stack_learners
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> cfg = {"hidden_layers": [8], "activation": "tanh", "init_log_std": -0.5}
+        >>> agents = make_population(cfg, MockCMDPEnv(num_envs=2), "cpu", size=1)
+        >>> nets = LearnerNets.from_agent(agents[0])
+        >>> actor = nets.flat_params(stack_learners(agents)[0])["actor"]
         >>> obs, action = torch.zeros(5, 2), torch.zeros(5, 1)
         >>> old = nets.dist(actor, obs).log_prob(action) + 0.25
         >>> round(float(approx_kl_of(nets, actor, obs, action, old)), 6)

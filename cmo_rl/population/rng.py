@@ -58,20 +58,33 @@ class LearnerRNG:
         return len(self.states)
 
     @contextmanager
-    def activate(self, p: int) -> Iterator[None]:
+    def activate(self, p: int, *, torch_only: bool = False) -> Iterator[None]:
         """Within the block the global RNGs are learner ``p``'s; afterwards its advanced state
-        is kept and the previous global state is back. Not reentrant."""
+        is kept and the previous global state is back. Not reentrant.
+
+        ``torch_only=True`` swaps only torch's default CPU generator (about 1 us instead of
+        about 400 us for all of Python's, NumPy's and torch's): for hot loops whose draws are
+        torch's alone, such as sampling actions (the envs draw from their own generators).
+        """
         if self._active is not None:
             raise RuntimeError(f"learner {self._active}'s RNG is already active")
-        outside = capture_rng_state()
-        restore_rng_state(self.states[p])
+        if torch_only:
+            outside_torch = torch.get_rng_state()
+            torch.set_rng_state(self.states[p]["torch"])
+        else:
+            outside = capture_rng_state()
+            restore_rng_state(self.states[p])
         self._active = p
         try:
             yield
         finally:
-            self.states[p] = capture_rng_state()
             self._active = None
-            restore_rng_state(outside)
+            if torch_only:
+                self.states[p]["torch"] = torch.get_rng_state()
+                torch.set_rng_state(outside_torch)
+            else:
+                self.states[p] = capture_rng_state()
+                restore_rng_state(outside)
 
     def generators(self) -> list[torch.Generator]:
         """One CPU ``torch.Generator`` per learner in its torch state (for

@@ -53,40 +53,25 @@ from typing import Any
 import gymnasium
 
 from cmo_rl.envs import compat as _compat  # noqa: F401  (import shim before safety_gymnasium)
+from cmo_rl.envs.fast_reset import _builder, _builder_spec
 from cmo_rl.envs.fast_step.stepper import NavigationStepper
 from cmo_rl.envs.fast_step.structure import SUPPORTED_OBSTACLES, body_names
 
 __all__ = ["NavigationStepper", "fast_step_refusal", "make_stepper", "supports_fast_step"]
 
-_BUILDER_ENTRY_POINT = "safety_gymnasium.builder:Builder"
 _TASKS = frozenset(f"{f}Level{lv}" for f in ("Goal", "Button", "Push", "Circle") for lv in range(3))
 _COVERED = "GoalLevel0-2, ButtonLevel0-2, PushLevel0-2, CircleLevel0-2"
 _ROBOTS = frozenset({"Point", "Car", "Racecar", "Doggo", "Ant"})
 
 
-def _builder(env: Any) -> Any:
-    from safety_gymnasium.builder import Builder
-
-    base = env.unwrapped if isinstance(env, gymnasium.Env) else env
-    return base if isinstance(base, Builder) else None
-
-
 def _refusal_for_id(env_id: str) -> str | None:
-    import safety_gymnasium  # noqa: F401  (registers the ids)
-    from gymnasium.envs.registration import registry
     from safety_gymnasium.utils.task_utils import get_task_class_name
 
-    spec = registry.get(env_id)
-    if spec is None:
-        return f"unknown Safety-Gymnasium id {env_id!r}"
-    if spec.entry_point != _BUILDER_ENTRY_POINT:
-        return f"{env_id!r} is not a navigation (Builder) task (entry point {spec.entry_point!r})"
+    spec, reason = _builder_spec(env_id, "its pixels are rendered per sub-env by the stock step")
+    if reason is not None:
+        return reason
     kwargs = spec.kwargs or {}
     config = kwargs.get("config") or {}
-    if config.get("observe_vision"):
-        return f"{env_id!r} observes vision: its pixels are rendered per sub-env by the stock step"
-    if config.get("debug"):
-        return f"{env_id!r} is a keyboard debug env: it renders to a window"
     task_class = get_task_class_name(kwargs.get("task_id", env_id))
     if task_class not in _TASKS:
         return f"{env_id!r} is a {task_class} task; fast steps cover {_COVERED}"
