@@ -139,6 +139,9 @@ def main() -> None:
     parser.add_argument("--steps-per-epoch", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also run compiled populations")
+    parser.add_argument(
+        "--compile-sizes", nargs="+", type=int, help="sizes to compile (default: --sizes)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -162,7 +165,7 @@ def main() -> None:
         rows = [("(a) single", 0, False)]
         rows += [(f"(b) P={k} eager", k, False) for k in args.sizes]
         if args.compile:
-            rows += [(f"(b) P={k} compiled", k, True) for k in args.sizes]
+            rows += [(f"(b) P={k} compiled", k, True) for k in args.compile_sizes or args.sizes]
         base = None
         for label, size, compiled in rows:
             r = _measure(task, size, compiled, args)
