@@ -203,7 +203,7 @@ def test_switch_defaults_and_refusals() -> None:
     for env_id, kwargs, match in [
         ("SafetyPointRun0-v0", {}, "RunLevel0"),
         ("SafetyPointGoal1-v0", {"render_mode": "rgb_array"}, "render_mode"),
-        ("SafetyHalfCheetahVelocity-v1", {}, "not a navigation"),
+        ("SafetyHalfCheetahVelocity-v1", {}, r"not a MuJoCo-scene \(Builder\) task"),
     ]:
         with pytest.raises(ValueError, match=match):
             make_safety_env(env_id, num_envs=1, fast_step=True, **kwargs)
