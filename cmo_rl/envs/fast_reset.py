@@ -264,23 +264,33 @@ def _refusal_for_id(env_id: str) -> str | None:
     return reason
 
 
-def _refusal_for_env(env: Any) -> str | None:
+def _builder_refusal(env: Any, *, rendering: str, vision: str) -> tuple[Any, str | None]:
+    """The Builder under ``env`` and why a Builder speed-up refuses the env (``None``: it does
+    not): not a Builder env, rendering (``rendering``: why), vision (``vision``: why), a
+    keyboard debug env. Shared by fast resets and fast steps."""
     builder = _builder(env)
     if builder is None:
-        return (
-            f"{type(env).__name__} is not a Safety-Gymnasium MuJoCo-scene (Builder) env; "
-            "its reset does not rebuild a scene, so there is nothing to speed up"
-        )
+        return None, f"{type(env).__name__} is not a Safety-Gymnasium MuJoCo-scene (Builder) env"
     if builder.render_mode is not None:
-        return (
-            f"render_mode={builder.render_mode!r}: rendered frames would lack the skybox that "
-            "fast resets skip; make the env with render_mode=None"
+        return builder, (
+            f"render_mode={builder.render_mode!r}: {rendering}; make the env with render_mode=None"
         )
     if builder.task.observe_vision:
-        return "observe_vision=True: vision observations show the skybox that fast resets skip"
+        return builder, f"observe_vision=True: {vision}"
     if builder.task.debug:
-        return "debug=True: keyboard debug envs render to a window"
-    return None
+        return builder, "debug=True: keyboard debug envs render to a window"
+    return builder, None
+
+
+def _refusal_for_env(env: Any) -> str | None:
+    builder, reason = _builder_refusal(
+        env,
+        rendering="rendered frames would lack the skybox that fast resets skip",
+        vision="vision observations show the skybox that fast resets skip",
+    )
+    if builder is None:
+        return f"{reason}; its reset does not rebuild a scene, so there is nothing to speed up"
+    return reason
 
 
 def fast_reset_refusal(env_or_id: str | gymnasium.Env) -> str | None:

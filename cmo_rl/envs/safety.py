@@ -84,32 +84,23 @@ def _check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _resolve_fast_reset(env_id: str, fast_reset: bool | None, render_mode: str | None) -> bool:
-    """``fast_reset=None``: on for state-based Builder tasks without rendering, else off."""
-    from cmo_rl.envs.fast_reset import fast_reset_refusal
-
-    reason = fast_reset_refusal(env_id)
-    if reason is None and render_mode is not None:
-        reason = f"render_mode={render_mode!r} needs the render-only scene work fast resets skip"
-    if fast_reset is None:
-        return reason is None
-    if fast_reset and reason is not None:
-        raise ValueError(f"fast_reset=True is not possible for {env_id!r}: {reason}")
-    return bool(fast_reset)
-
-
-def _resolve_fast_step(env_id: str, fast_step: bool | None, render_mode: str | None) -> bool:
-    """``fast_step=None``: on for the covered navigation tasks without rendering, else off."""
-    from cmo_rl.envs.fast_step import fast_step_refusal
-
-    reason = fast_step_refusal(env_id)
-    if reason is None and render_mode is not None:
-        reason = f"render_mode={render_mode!r} renders from per-step state only stock steps keep"
-    if fast_step is None:
-        return reason is None
-    if fast_step and reason is not None:
-        raise ValueError(f"fast_step=True is not possible for {env_id!r}: {reason}")
-    return bool(fast_step)
+def _resolve_switch(
+    name: str,
+    env_id: str,
+    wanted: bool | None,
+    refusal: str | None,
+    render_mode: str | None,
+    rendering: str,
+) -> bool:
+    """A ``fast_reset``/``fast_step`` switch: ``None`` is on where the speed-up applies (no
+    ``refusal``, no rendering); ``True`` where it does not is a ``ValueError`` naming why."""
+    if refusal is None and render_mode is not None:
+        refusal = f"render_mode={render_mode!r} {rendering}"
+    if wanted is None:
+        return refusal is None
+    if wanted and refusal is not None:
+        raise ValueError(f"{name}=True is not possible for {env_id!r}: {refusal}")
+    return bool(wanted)
 
 
 def _check_render_mode(env_id: str, render_mode: str | None) -> None:
@@ -210,8 +201,25 @@ class SafetyGymnasiumBatchEnv(EnvBase):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         _check_render_mode(env_id, render_mode)
-        self._fast_reset = _resolve_fast_reset(env_id, fast_reset, render_mode)
-        use_fast_step = _resolve_fast_step(env_id, fast_step, render_mode)
+        from cmo_rl.envs.fast_reset import fast_reset_refusal
+        from cmo_rl.envs.fast_step import fast_step_refusal
+
+        self._fast_reset = _resolve_switch(
+            "fast_reset",
+            env_id,
+            fast_reset,
+            fast_reset_refusal(env_id),
+            render_mode,
+            "needs the render-only scene work fast resets skip",
+        )
+        use_fast_step = _resolve_switch(
+            "fast_step",
+            env_id,
+            fast_step,
+            fast_step_refusal(env_id),
+            render_mode,
+            "renders from per-step state only stock steps keep",
+        )
         if render_mode is not None or is_vision_task(env_id):
             _default_headless_gl()
 

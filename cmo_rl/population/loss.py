@@ -20,6 +20,7 @@ plain tensors and a ``{group: {name: tensor}}`` parameter dict, so that
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -55,20 +56,24 @@ class LossCoefficients:
 
     @classmethod
     def make(
-        cls,
-        clip_epsilon: float = 0.2,
-        entropy_coeff: float = 0.0,
-        critic_coeff: float = 1.0,
-        cost_critic_coeff: float = 1.0,
-        device: torch.device | str | None = None,
+        cls, *, device: torch.device | str | None = None, **coefficients: float
     ) -> LossCoefficients:
-        """From floats (the ``LagrangianPPOLoss`` constructor arguments)."""
-        if not 0.0 < float(clip_epsilon) < 1.0:
-            raise ValueError(f"clip_epsilon must be in (0, 1), got {clip_epsilon}")
-        values = (clip_epsilon, entropy_coeff, critic_coeff, cost_critic_coeff)
-        if any(float(v) < 0 for v in values[1:]):
+        """From floats: ``clip_epsilon``, ``entropy_coeff``, ``critic_coeff``,
+        ``cost_critic_coeff`` as ``LagrangianPPOLoss`` takes them; an omitted one takes that
+        constructor's default (declared there only)."""
+        unknown = set(coefficients) - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown loss coefficients {sorted(unknown)}; known: {list(_FIELDS)}")
+        defaults = inspect.signature(LagrangianPPOLoss.__init__).parameters
+        values = [float(coefficients.get(k, defaults[k].default)) for k in _FIELDS]
+        if not 0.0 < values[0] < 1.0:
+            raise ValueError(f"clip_epsilon must be in (0, 1), got {values[0]}")
+        if any(v < 0 for v in values[1:]):
             raise ValueError(f"coefficients must be >= 0, got {values[1:]}")
-        return cls(*(torch.tensor(float(v), dtype=torch.float32, device=device) for v in values))
+        return cls(*(torch.tensor(v, dtype=torch.float32, device=device) for v in values))
+
+
+_FIELDS = ("clip_epsilon", "entropy_coeff", "critic_coeff", "cost_critic_coeff")
 
 
 def lagrangian_ppo_loss(

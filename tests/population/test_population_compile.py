@@ -20,7 +20,7 @@ def test_compiled_step_matches_eager():
     results = {}
     for compile in (False, True):
         engine = PopulationPPO(
-            LearnerNets.from_agent(agents[0]), LossCoefficients.make(0.2, 0.01), update_iters=2,
+            LearnerNets.from_agent(agents[0]), LossCoefficients.make(clip_epsilon=0.2, entropy_coeff=0.01), update_iters=2,
             minibatch_size=32, max_grad_norm=0.5, compile=compile, compact=False,
         )  # fmt: skip
         params = stack_learners(agents)

@@ -71,7 +71,9 @@ def test_functional_loss_equals_the_loss_class_values_and_gradients(distribution
     for group in params.values():
         for tensor in group.values():
             tensor.requires_grad_(True)
-    coeffs = LossCoefficients.make(0.2, 0.01, critic_coeff=0.5, cost_critic_coeff=2.0)
+    coeffs = LossCoefficients.make(
+        clip_epsilon=0.2, entropy_coeff=0.01, critic_coeff=0.5, cost_critic_coeff=2.0
+    )
     lam = torch.tensor(0.7)
     loss = LagrangianPPOLoss(
         *agent, clip_epsilon=0.2, entropy_coeff=0.01, critic_coeff=0.5, cost_critic_coeff=2.0,

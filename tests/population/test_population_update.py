@@ -36,7 +36,9 @@ def _engine(**overrides) -> tuple[PopulationPPO, list]:
     agents = make_agents(3)
     options = {k: KW[k] for k in ("update_iters", "minibatch_size", "max_grad_norm")}
     options.update({"all_diagnostics": True, "vectorize": False, **overrides})
-    coeffs = LossCoefficients.make(KW["clip_epsilon"], KW["entropy_coeff"])
+    coeffs = LossCoefficients.make(
+        clip_epsilon=KW["clip_epsilon"], entropy_coeff=KW["entropy_coeff"]
+    )
     return PopulationPPO(LearnerNets.from_agent(agents[0]), coeffs, **options), agents
 
 

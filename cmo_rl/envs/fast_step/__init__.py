@@ -53,7 +53,7 @@ from typing import Any
 import gymnasium
 
 from cmo_rl.envs import compat as _compat  # noqa: F401  (import shim before safety_gymnasium)
-from cmo_rl.envs.fast_reset import _builder, _builder_spec
+from cmo_rl.envs.fast_reset import _builder, _builder_refusal, _builder_spec
 from cmo_rl.envs.fast_step.stepper import NavigationStepper
 from cmo_rl.envs.fast_step.structure import SUPPORTED_OBSTACLES, body_names
 
@@ -111,18 +111,13 @@ def _refusal_for_task(task: Any) -> str | None:
 
 
 def _refusal_for_env(env: Any) -> str | None:
-    builder = _builder(env)
-    if builder is None:
-        return f"{type(env).__name__} is not a Safety-Gymnasium navigation (Builder) env"
-    if builder.render_mode is not None:
-        return (
-            f"render_mode={builder.render_mode!r}: rendering reads per-step state that only "
-            "the stock step keeps; make the env with render_mode=None"
-        )
-    if builder.task.observe_vision:
-        return "observe_vision=True: vision observations are rendered by the stock step"
-    if builder.task.debug:
-        return "debug=True: keyboard debug envs render to a window"
+    builder, reason = _builder_refusal(
+        env,
+        rendering="rendering reads per-step state that only the stock step keeps",
+        vision="vision observations are rendered by the stock step",
+    )
+    if reason is not None:
+        return reason
     return _refusal_for_task(builder.task)
 
 
