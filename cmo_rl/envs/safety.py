@@ -191,6 +191,7 @@ class SafetyGymnasiumBatchEnv(EnvBase):
         render_mode: str | None = None,
         fast_reset: bool | None = None,
         fast_step: bool | None = None,
+        _raw_envs: Sequence | None = None,
         **task_kwargs: Any,
     ) -> None:
         env_id = validate_env_id(env_id)
@@ -230,9 +231,13 @@ class SafetyGymnasiumBatchEnv(EnvBase):
         self.env_id = env_id
         self.max_episode_steps: int = max_episode_steps or registered.max_episode_steps or 1000
 
-        self._envs: list = []
-        for _ in range(num_envs):
-            self._envs.append(self._make_raw(safety_gymnasium, env_id, render_mode, task_kwargs))
+        if _raw_envs is not None:  # adopted (see concatenate), already built and configured
+            self._envs = list(_raw_envs)
+        else:
+            self._envs = [
+                self._make_raw(safety_gymnasium, env_id, render_mode, task_kwargs)
+                for _ in range(num_envs)
+            ]
 
         self._stepper = self._make_stepper(fast_step) if use_fast_step else None
         super().__init__(batch_size=torch.Size([num_envs]), device=device)
@@ -242,6 +247,44 @@ class SafetyGymnasiumBatchEnv(EnvBase):
         self._pending_seeds: list[int | None] = [None] * num_envs
         if seed is not None:
             self.set_seed(int(seed))
+
+    @classmethod
+    def concatenate(cls, envs: Sequence[SafetyGymnasiumBatchEnv]) -> SafetyGymnasiumBatchEnv:
+        """One env over the sub-envs of ``envs`` (one task, horizon, device and ``fast_reset``
+        / ``fast_step`` setting): sub-env ``k`` of ``envs[i]`` is sub-env
+        ``envs[0].num_envs + ... + envs[i - 1].num_envs + k`` of the result. The raw envs are
+        shared, not copied: step the whole or its parts, not both (each keeps its own
+        done/reset bookkeeping). A batched fast stepper spans all of them.
+
+        Examples:
+            >>> parts = [SafetyGymnasiumBatchEnv("SafetyHalfCheetahVelocity-v1", 1, seed=s)
+            ...          for s in (0, 1)]
+            >>> whole = SafetyGymnasiumBatchEnv.concatenate(parts)
+            >>> whole.num_envs, whole.raw_envs[1] is parts[1].raw_envs[0]
+            (2, True)
+        """
+        envs = list(envs)
+        if not envs:
+            raise ValueError("concatenate needs at least one env")
+        first = envs[0]
+        settings = {
+            (e.env_id, e.max_episode_steps, e.device, e.fast_reset, e.fast_step) for e in envs
+        }
+        if len(settings) != 1:
+            raise ValueError(
+                "concatenate needs envs of one task, horizon, device and fast_reset/fast_step "
+                f"setting, got {sorted(settings, key=str)}"
+            )
+        raw = [r for env in envs for r in env.raw_envs]
+        return cls(
+            first.env_id,
+            len(raw),
+            device=first.device,
+            max_episode_steps=first.max_episode_steps,
+            fast_reset=first.fast_reset,
+            fast_step=first.fast_step,
+            _raw_envs=raw,
+        )
 
     # ------------------------------------------------------------------------------------------
     # construction
@@ -391,7 +434,23 @@ class SafetyGymnasiumBatchEnv(EnvBase):
     def _set_seed(self, seed: int | None) -> None:
         """Sub-env ``i`` gets ``seed + i`` at its next reset (``None``: keep the RNG streams)."""
         n = self.batch_size[0]
-        self._pending_seeds = [None] * n if seed is None else [int(seed) + i for i in range(n)]
+        self.seed_sub_envs([None] * n if seed is None else [int(seed) + i for i in range(n)])
+
+    def seed_sub_envs(self, seeds: Sequence[int | None]) -> None:
+        """Sub-env ``i`` gets ``seeds[i]`` at its next reset (``None``: keep its RNG stream).
+
+        Examples:
+            >>> env = SafetyGymnasiumBatchEnv("SafetyHalfCheetahVelocity-v1", 2)
+            >>> env.seed_sub_envs([7, 3])
+            >>> a = env.reset()["observation"]
+            >>> env.seed_sub_envs([3, 7])
+            >>> b = env.reset()["observation"]
+            >>> torch.equal(a, b.flip(0))
+            True
+        """
+        if len(seeds) != self.batch_size[0]:
+            raise ValueError(f"{len(seeds)} seeds for {self.batch_size[0]} sub-envs")
+        self._pending_seeds = [None if s is None else int(s) for s in seeds]
 
     def _write_obs(self, i: int, obs: Any) -> None:
         if self._single_obs:

@@ -13,8 +13,13 @@ next observation). ``vectorize=False`` runs each learner's own actor module inst
 vmapped networks: the same kernels as a single run, bit for bit (a reference for tests); the
 vmapped forward differs from it in the last bits (batched instead of plain matrix products).
 
-The envs themselves are stepped one learner after another: a learner's env keeps its own
-seeds and normaliser statistics, which one batched env of ``P x num_envs`` sub-envs would pool.
+With ``vectorize=True`` and envs as :func:`cmo_rl.envs.factory.make_env` builds them, the
+learners' envs are stepped as one TorchRL env of batch ``[P, num_envs]``
+(:func:`~cmo_rl.population.env.population_env`: per-learner seeds and normaliser statistics,
+each learner's slice its own env's step bit for bit), so TorchRL's per-step work is paid once
+per step instead of once per learner; each learner's action is still drawn from its policy's
+distribution in its own torch RNG stream. Otherwise (``vectorize=False``, or envs it cannot
+batch) each learner's env is stepped on its own, as in its single run.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ from collections.abc import Sequence
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+from torchrl.modules import IndependentNormal
 
+from cmo_rl.population.compiling import CompiledOrEager
+from cmo_rl.population.env import batching_refusal, population_env
 from cmo_rl.population.learners import LearnerNets, _cores
 from cmo_rl.population.rng import LearnerRNG
 from cmo_rl.seeding import epoch_seed
@@ -44,7 +52,10 @@ class PopulationCollector:
         rng: the learners' RNG streams; the envs' first reset runs in them.
         seeds: the learners' seeds (the envs are re-seeded each epoch from them).
         steps_per_epoch: env steps per learner and epoch (a multiple of ``num_envs``).
-        vectorize: one vmapped actor forward per env step (else each learner's own actor).
+        vectorize: one vmapped actor forward per env step (else each learner's own actor),
+            and the envs stepped as one batched env where they allow it.
+        compile: ``torch.compile`` the vmapped actor forward (~4x faster per step; eager if
+            compiling fails).
 
     Examples:
         >>> from cmo_rl.envs.factory import make_env
@@ -71,6 +82,7 @@ class PopulationCollector:
         seeds: Sequence[int],
         steps_per_epoch: int,
         vectorize: bool = True,
+        compile: bool = False,
     ) -> None:
         size = len(envs)
         if not (len(agents) == len(seeds) == len(rng) == size):
@@ -91,7 +103,9 @@ class PopulationCollector:
         self.frames = int(steps_per_epoch) // num_envs
         self.vectorize = bool(vectorize)
         self._dist_modules = [_cores(agent)[1] for agent in self.agents]
-        self._loc_scale = torch.func.vmap(self._actor_forward)
+        self._loc_scale = CompiledOrEager(
+            torch.func.vmap(self._actor_forward), what="the population policy", compile=compile
+        )
         self._carriers: list[TensorDictBase] = []
         # TorchRL's Collector, when built, resets its env and runs the policy once on the reset
         # data (to learn its output keys): the same draws here keep each learner's streams
@@ -100,6 +114,18 @@ class PopulationCollector:
             with rng.activate(p), torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
                 self._carriers.append(env.reset())
                 self.agents[p].actor(self._carriers[p].clone())
+        #: why the envs are stepped learner after learner (``None``: as one batched env)
+        self.batching_refusal = batching_refusal(self.envs) if self.vectorize else "vectorize=False"
+        if self.batching_refusal is None:
+            self._batched_env = population_env(self.envs)
+            self._carrier = torch.stack(self._carriers)
+            dist_module = self._dist_modules[0]
+            self._dist_class = dist_module.distribution_class
+            self._dist_kwargs = dict(dist_module.distribution_kwargs)
+            self._log_prob_key = dist_module.log_prob_key
+            self._gaussian = issubclass(self._dist_class, IndependentNormal) and not (
+                self._dist_kwargs.get("tanh_loc", False)
+            )
 
     def _actor_forward(
         self, params: dict[str, torch.Tensor], observation: torch.Tensor
@@ -110,6 +136,8 @@ class PopulationCollector:
         """Epoch ``epoch``'s batch of every learner with the stacked parameters ``params``
         (``[P]``, :func:`~cmo_rl.population.stack_learners`); with ``vectorize=False`` the
         agents' own parameters are used (keep them equal to ``params``)."""
+        if self.batching_refusal is None:
+            return self._collect_batched(params, epoch)
         size = len(self.envs)
         for p, env in enumerate(self.envs):
             with self.rng.activate(p), torch.no_grad():
@@ -135,3 +163,47 @@ class PopulationCollector:
                     steps[p].append(output)
                     self._carriers[p] = following
         return torch.stack([torch.stack(s, dim=-1) for s in steps])
+
+    def _sample(
+        self, loc: torch.Tensor, scale: torch.Tensor, generators: Sequence[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each learner's action drawn as its actor's distribution module draws it (``rsample``
+        where the distribution has one) in the learner's torch stream (``generators[p]``, or
+        swapped in for distributions that draw from the global one); the log-probabilities of
+        all learners in one call (elementwise, so equal to per-learner calls)."""
+        if self._gaussian:  # Normal.rsample: loc + eps * scale, eps drawn by normal_()
+            eps = torch.empty_like(loc)
+            for p, generator in enumerate(generators):
+                eps[p].normal_(generator=generator)
+            action = loc + eps * scale
+        else:
+            actions = []
+            for p in range(loc.shape[0]):
+                with self.rng.activate(p, torch_only=True):
+                    dist = self._dist_class(loc[p], scale[p], **self._dist_kwargs)
+                    actions.append(dist.rsample() if dist.has_rsample else dist.sample())
+            action = torch.stack(actions)
+        log_prob = self._dist_class(loc, scale, **self._dist_kwargs).log_prob(action)
+        return action, log_prob
+
+    def _collect_batched(self, params: TensorDictBase, epoch: int) -> TensorDict:
+        env, carrier = self._batched_env, self._carrier
+        with torch.no_grad():
+            env.base_env.set_seeds([epoch_seed(seed, epoch) for seed in self.seeds])
+            carrier.update(env.reset())
+        actor_params = self.nets.flat_params(params)["actor"]
+        steps: list[TensorDictBase] = []
+        generators = self.rng.generators() if self._gaussian else []
+        with torch.no_grad():
+            for _ in range(self.frames):
+                loc, scale = self._loc_scale(actor_params, carrier.get("observation"))
+                action, log_prob = self._sample(loc, scale, generators)
+                carrier.update(
+                    {"loc": loc, "scale": scale, "action": action, self._log_prob_key: log_prob}
+                )
+                output, carrier = env.step_and_maybe_reset(carrier)
+                steps.append(output)
+        if self._gaussian:
+            self.rng.keep_generators(generators)
+        self._carrier = carrier
+        return torch.stack(steps, dim=-1)

@@ -217,6 +217,7 @@ def train_population(
         seeds=seeds,
         steps_per_epoch=int(cfg.steps_per_epoch),
         vectorize=vectorize,
+        compile=bool(cfg.get("compile", False)),
     )
     for p, run in enumerate(runs):
         actor, critic, cost_critic = agents[p]

@@ -28,7 +28,6 @@ compares a population with separate single-learner runs.
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,6 +37,7 @@ from torch import Tensor
 
 from cmo_rl.lifecycle.guard import NAN_POLICIES, NonFiniteError
 from cmo_rl.population.adam import StackedAdam, adam_update, clip_group_norms
+from cmo_rl.population.compiling import CompiledOrEager
 from cmo_rl.population.learners import LearnerNets
 from cmo_rl.population.loss import LOSS_KEYS, LossCoefficients, approx_kl_of, lagrangian_ppo_loss
 
@@ -158,8 +158,7 @@ class PopulationPPO:
             self._grad = functools.partial(_looped, grad)
         kl = functools.partial(approx_kl_of, nets)
         self._kl = torch.func.vmap(kl) if vectorize else functools.partial(_looped_kl, kl)
-        self._eager_step = self._step
-        self._step_fn = torch.compile(self._step, dynamic=False) if compile else self._step
+        self._step_fn = CompiledOrEager(self._step, what="the population step", compile=compile)
 
     # ------------------------------------------------------------------------------ state
     def make_optimizer(self, params: TensorDictBase, lr: float | Tensor) -> StackedAdam:
@@ -201,20 +200,6 @@ class PopulationPPO:
         new_sums["steps"] = sums["steps"] + applied.long()
         new_sums["skipped"] = sums["skipped"] + (live & ~finite).long()
         return params, exp_avg, exp_avg_sq, step, new_sums, finite
-
-    def _run_step(self, *args: Any) -> tuple:
-        try:
-            return self._step_fn(*args)
-        except Exception as error:  # compile failure: eager fallback, once
-            if self._step_fn is self._eager_step:
-                raise
-            warnings.warn(
-                f"torch.compile of the population step failed ({type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else ''}); running eagerly",
-                stacklevel=3,
-            )
-            self._step_fn = self._eager_step
-            return self._step_fn(*args)
 
     # ------------------------------------------------------------------------- the update
     def update(
@@ -325,7 +310,7 @@ class PopulationPPO:
         """One pass over the batch in minibatches; updates ``state`` in place, returns sums."""
         for start in range(0, n, self.minibatch_size):
             index = perms[:, start : start + self.minibatch_size]
-            params, exp_avg, exp_avg_sq, step, sums, finite = self._run_step(
+            params, exp_avg, exp_avg_sq, step, sums, finite = self._step_fn(
                 state["params"], state["exp_avg"], state["exp_avg_sq"], state["step"],
                 state["lr"], state["data"], index, state["multiplier"], live, sums,
             )  # fmt: skip

@@ -53,7 +53,7 @@ def test_a_failing_compile_falls_back_to_eager(monkeypatch):
     def broken(*args):
         raise RuntimeError("inductor says no")
 
-    engine._step_fn = broken
+    engine._step_fn.fn = broken
     params = stack_learners(agents)
     with pytest.warns(UserWarning, match="running eagerly"):
         new, _ = engine.update(params, engine.make_optimizer(params, 1e-3), batch, torch.zeros(2))
