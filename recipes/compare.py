@@ -9,10 +9,15 @@
 1. **Meta-optimizers** (only when ``meta_lstm`` / ``meta_pid`` are asked for): the given ``cmo``
    checkpoint, or one ``cmo`` meta-training per optimizer type in ``<study>/meta_train/<type>/``
    (reused once finished). A crashed meta-training blocks that method's runs (reported).
-2. **Runs**: every ``task x method x seed`` as its own subprocess (the recipe, or
-   ``python -m cmo_rl.compare.frozen`` for a frozen meta-optimizer) with the same budget, in
-   ``<run_root>/<study>/<task>/<method>/seed<k>/``; finished runs are reused, crashed ones are
-   reported with their log (``cmo_rl.compare.runner``); ``jobs=2`` runs two at a time.
+2. **Runs**: every ``task x method x seed`` with the same budget: the seeds of PPO, PPO-Lag
+   and PID-Lag as one population process per task (``seeds=[...] compile=true``, in
+   ``<run_root>/<study>/<task>/<method>/population/``; ``populations=false``: one process per
+   seed), every other run as its own subprocess (the recipe, or ``python -m
+   cmo_rl.compare.frozen`` for a frozen meta-optimizer) in
+   ``<run_root>/<study>/<task>/<method>/seed<k>/``. Finished runs are reused, interrupted ones
+   (Ctrl-C, a killed session) resume from their newest checkpoint when the same command is
+   run again, crashed ones are reported with their log (``cmo_rl.compare.runner``);
+   ``jobs=2`` runs two at a time.
 3. **Aggregation** (``cmo_rl.compare.aggregate``): ``<study>/summary.md`` and ``summary.csv``
    (per task and method, mean ± 95% CI over seeds of the final eval return/cost, penalized
    return, training-curve satisfaction rate, cumulative violation, overshoot, oscillation, AUC),
@@ -94,6 +99,7 @@ SCHEMA = {
     "tail_fraction": Field(float, gt=0, le=1),
     "figures_dir": Field(str, nullable=True),
     "figures_prefix": Field(str),
+    "populations": Field(bool),
     "jobs": Field(int, ge=1),
     "timeout_s": Field(float, gt=0, nullable=True),
     "aggregate_only": Field(bool),
@@ -190,6 +196,7 @@ def main(cfg: DictConfig) -> None:
         overrides={k: list(v) for k, v in cfg.overrides.items()},
         checkpoints=checkpoints,
         blocked=blocked,
+        populations=cfg.populations,
     )
     if cfg.aggregate_only:
         results = collect(specs)

@@ -45,6 +45,7 @@ def test_plan_gives_every_method_the_same_budget_and_its_own_directory(tmp_path)
         budget=budget,
         overrides={"recipes": ["lr=1e-3"], "cpo": ["target_kl=0.02"]},
         checkpoints={"pid": "/ckpt/pid.pt"},
+        populations=False,
     )
     assert len(specs) == 6 and len({s.directory for s in specs}) == 6
     assert specs[0].directory == tmp_path / "SafetyPointGoal1-v0" / "ppo" / "seed0"
@@ -62,6 +63,27 @@ def test_plan_gives_every_method_the_same_budget_and_its_own_directory(tmp_path)
     assert meta.program == ("-m", "cmo_rl.compare.frozen")
     assert "checkpoint=/ckpt/pid.pt" in meta.overrides and "lr=1e-3" not in meta.overrides
     assert meta.blocked is None
+
+
+def test_population_methods_run_their_seeds_as_one_process(tmp_path):
+    budget = Budget(total_steps=12000, num_envs=2, episode_length=1000, eval_interval=2)
+    specs = plan_runs(
+        study_dir=tmp_path, tasks=["T"], methods=["pid_lag", "cpo"], seeds=[4, 7], budget=budget,
+        overrides={"pid_lag": ["compile=false"]},
+    )  # fmt: skip
+    assert [s.key for s in specs] == ["T/pid_lag/seeds4,7", "T/cpo/seed4", "T/cpo/seed7"]
+    population = specs[0]
+    assert population.directory == tmp_path / "T" / "pid_lag" / "population"
+    assert population.seeds == (4, 7) and population.seed == 4
+    # the user's overrides come last and win over the population's compile=true
+    assert population.overrides[-3:] == ("seeds=[4,7]", "compile=true", "compile=false")
+    assert [m.key for m in population.members()] == ["T/pid_lag/seed4", "T/pid_lag/seed7"]
+    # checkpoints at every evaluation (resumable), which the fingerprint ignores
+    assert "checkpoint_interval=2" in specs[1].overrides
+    moved = [
+        o.replace("checkpoint_interval=2", "checkpoint_interval=6") for o in specs[1].overrides
+    ]
+    assert fingerprint("cpo", specs[1].program, moved, specs[1].directory) == specs[1].fingerprint
 
 
 def test_plan_blocks_meta_methods_without_a_checkpoint_and_rejects_bad_input(tmp_path):
@@ -117,18 +139,26 @@ args = dict(a.split("=", 1) for a in sys.argv[1:])
 root = Path(args["run_root"])
 with open(args["counter"], "a") as f:
     f.write(f"{root.name} {time.time()} start\\n")
+with open(args["counter"] + ".resume", "a") as f:
+    f.write(f"{args.get('resume', '-')}\\n")
 if args.get("mode") == "crash":
     print("boom: simulated failure", file=sys.stderr)
     sys.exit(3)
 if args.get("mode") == "sleep":
     time.sleep(float(args["sleep"]))
-if args.get("mode") != "nothing":
-    run = root / "fake" / "T" / "20250101-000000"
-    (run / "checkpoints").mkdir(parents=True)
+seeds = args["seeds"].strip("[]").split(",") if "seeds" in args else [args["seed"]]
+runs = [root / "fake" / "T" / ("20250101-000000" + (f"-{i}" if i else "")) for i in range(len(seeds))]
+for run, seed in zip(runs, seeds):
+    if args.get("mode") == "nothing":
+        break
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run / "metrics.csv").write_text(
         "step,train/episode_return,train/episode_cost,eval/episode_return,eval/episode_cost\\n"
-        "10,1.0,30.0,,\\n20,3.0,20.0,4.0,10.0\\n")
+        f"10,1.0,30.0,,\\n20,{3.0 + int(seed)},20.0,4.0,10.0\\n")
     (run / "checkpoints" / "step_000000000020.pt").write_bytes(b"x")
+    if "seeds" in args:
+        index = {"seeds": [int(s) for s in seeds], "run_dirs": [str(r) for r in runs]}
+        (run / "population.json").write_text(json.dumps(index))
 with open(args["counter"], "a") as f:
     f.write(f"{root.name} {time.time()} end\\n")
 """
@@ -146,10 +176,19 @@ def fake(tmp_path):
         over = (f"run_root={directory}", f"counter={counter}", f"seed={seed}", *extra)
         return RunSpec("T", method, seed, directory, over, (str(script),), 20)
 
+    def population(*seeds: int, method: str = "ppo_lag") -> RunSpec:
+        directory = tmp_path / "study" / "T" / method / "population"
+        listed = ",".join(map(str, seeds))
+        over = (f"run_root={directory}", f"counter={counter}", f"seeds=[{listed}]")
+        return RunSpec("T", method, seeds[0], directory, over, (str(script),), 20, seeds=seeds)
+
     def calls(kind: str = "start") -> list[str]:
         return [ln.split()[0] for ln in counter.read_text().splitlines() if ln.endswith(kind)]
 
-    return NS(spec=spec, calls=calls, counter=counter)
+    def resumes() -> list[str]:
+        return Path(f"{counter}.resume").read_text().split()
+
+    return NS(spec=spec, population=population, calls=calls, resumes=resumes, counter=counter)
 
 
 def test_a_second_call_reuses_finished_runs(fake):
@@ -176,13 +215,50 @@ def test_a_second_call_reuses_finished_runs(fake):
     assert fake.calls() == ["seed0", "seed1", "seed0"]
 
 
-def test_an_interrupted_run_is_rerun(fake):
+def test_an_interrupted_run_resumes_from_its_run_directory(fake):
     spec = fake.spec(0)
-    execute([spec], echo=lambda s: None)
-    (spec.directory / "status.json").unlink()  # as if killed before the status was written
+    first = execute([spec], echo=lambda s: None)[0]
+    checkpoints = first.run_dir / "checkpoints"
+    # killed after its last checkpoint but before its status was written: nothing to rerun
+    (spec.directory / "status.json").unlink()
+    lines: list[str] = []
+    assert execute([spec], echo=lines.append)[0].status == "done"
+    assert fake.calls() == ["seed0"] and "(already finished)" in lines[-2]
+    # killed mid-run (its newest checkpoint is of update 1 of 2): resumed from there
+    (spec.directory / "status.json").unlink()
+    (checkpoints / "step_000000000020.pt").rename(checkpoints / "step_000000000010.pt")
     assert run_state(spec) == "missing"
-    assert execute([spec], echo=lambda s: None)[0].status == "done"
+    assert execute([spec], echo=lines.append)[0].status == "done"
     assert fake.calls() == ["seed0", "seed0"]
+    assert fake.resumes() == ["-", str(first.run_dir)]
+    assert f"resume   T/cpo/seed0 from {first.run_dir}" in lines
+    assert (spec.directory / "command.json").is_file()
+    # without a checkpoint there is nothing to resume: a fresh run in a cleared directory
+    (spec.directory / "status.json").unlink()
+    for ckpt in first.run_dir.glob("checkpoints/*.pt"):
+        ckpt.unlink()
+    execute([spec], echo=lambda s: None)
+    assert fake.resumes()[-1] == "-"
+
+
+def test_a_population_is_one_process_and_one_result_per_seed(fake):
+    spec = fake.population(3, 5)
+    results = execute([spec], echo=lambda s: None)
+    assert [(r.spec.key, r.status) for r in results] == [("T/ppo_lag/seed3", "done"),
+                                                         ("T/ppo_lag/seed5", "done")]  # fmt: skip
+    assert fake.calls() == ["population"]
+    assert [r.run_dir.name for r in results] == ["20250101-000000", "20250101-000000-1"]
+    assert read_status(spec.directory)["run_dir"] == {"3": str(results[0].run_dir),
+                                                      "5": str(results[1].run_dir)}  # fmt: skip
+    assert [r.status for r in collect([spec])] == ["reused", "reused"]
+    table = comparison_table(results, cost_limit=25.0, mu=1.0)
+    assert table.iloc[0]["seeds"] == 2 and table.iloc[0]["train_return"] == pytest.approx(7.0)
+    # a member without its final checkpoint: the population is not done, and resumes
+    (results[1].run_dir / "checkpoints" / "step_000000000020.pt").unlink()
+    (spec.directory / "status.json").unlink()
+    assert run_state(spec) == "missing"
+    assert [r.status for r in execute([spec], echo=lambda s: None)] == ["done", "done"]
+    assert fake.resumes() == ["-", str(results[0].run_dir)]
 
 
 def test_a_crashed_run_is_reported_with_its_log_and_retried_next_time(fake):

@@ -35,7 +35,9 @@ from cmo_rl.compare.runner import (
     collect,
     execute,
     find_run_dir,
+    member_run_dirs,
     read_status,
+    resumable,
     run_state,
 )
 
@@ -53,10 +55,12 @@ __all__ = [
     "find_run_dir",
     "fingerprint",
     "format_markdown",
+    "member_run_dirs",
     "meta_training_spec",
     "plan_runs",
     "plot_study",
     "read_status",
+    "resumable",
     "run_command",
     "run_state",
     "summarize_method_run",

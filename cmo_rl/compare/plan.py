@@ -23,6 +23,12 @@ Methods (:data:`METHODS`):
 ``meta_pid``   the same with a meta-trained PID optimizer
 =============  =================================================================================
 
+**Populations.** The seeds of a method that trains as a population (``ppo``, ``ppo_lag``,
+``pid_lag``: :attr:`Method.population`) run as *one* process, ``seeds=[...] compile=true``
+(:mod:`cmo_rl.population`), in ``<run_root>/<study>/<task>/<method>/population/``; its
+members' run directories are the per-seed results. ``plan_runs(..., populations=False)``
+plans one process per seed instead (and reads studies written that way).
+
 Shared settings (:class:`Budget`): task, seed, ``total_steps``, ``num_envs``, horizon, cost
 limit, network, evaluation schedule. Recipes collect ``steps_per_epoch`` env steps per update; a
 frozen meta-optimizer collects one round of ``num_envs x horizon`` steps per update; the study
@@ -36,7 +42,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +78,11 @@ class Method:
         recipe: the recipe file stem (``kind="recipe"``) or the meta-optimizer type.
         run_name: the directory the program puts its run under (``<run name>/<task>/...``).
         overrides: ``key=value`` overrides that define the method (after the shared ones).
+        population: its seeds can train as one population (``seeds=[...]``).
 
     Examples:
-        >>> METHODS["ppo"].recipe, METHODS["ppo"].overrides[0]
-        ('ppo_lagrangian', 'init_lambda=0.0')
+        >>> METHODS["ppo"].recipe, METHODS["ppo"].overrides[0], METHODS["ppo"].population
+        ('ppo_lagrangian', 'init_lambda=0.0', True)
     """
 
     name: str
@@ -84,6 +91,7 @@ class Method:
     recipe: str
     run_name: str
     overrides: tuple[str, ...] = ()
+    population: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -96,9 +104,10 @@ METHODS: dict[str, Method] = {
             "ppo_lagrangian",
             "ppo_lag",
             ("init_lambda=0.0", f"cost_limit={UNCONSTRAINED_LIMIT}"),
+            population=True,
         ),
-        Method("ppo_lag", "PPO-Lag", "recipe", "ppo_lagrangian", "ppo_lag"),
-        Method("pid_lag", "PID-Lag", "recipe", "pid_lagrangian", "pid_lag"),
+        Method("ppo_lag", "PPO-Lag", "recipe", "ppo_lagrangian", "ppo_lag", population=True),
+        Method("pid_lag", "PID-Lag", "recipe", "pid_lagrangian", "pid_lag", population=True),
         Method("cpo", "CPO", "recipe", "cpo", "cpo"),
         Method("meta_lstm", "meta-LSTM", "meta", "lstm", "meta_lstm"),
         Method("meta_pid", "meta-PID", "meta", "pid", "meta_pid"),
@@ -157,6 +166,12 @@ class Budget:
         return int(self.total_steps) // self.steps_per_epoch
 
     @property
+    def checkpoint_interval(self) -> int:
+        """Updates between a recipe run's checkpoints: every evaluation, so that an interrupted
+        study resumes its runs (and the final update, always)."""
+        return min(int(self.eval_interval), self.num_updates)
+
+    @property
     def final_step(self) -> int:
         """Env steps after the last update: ``num_updates x steps_per_epoch``."""
         return self.num_updates * self.steps_per_epoch
@@ -169,12 +184,14 @@ class RunSpec:
     Attributes:
         task: the env id it runs on.
         method: the key of its :data:`METHODS` entry.
-        seed: its seed.
-        directory: ``<run_root>/<study>/<task>/<method>/seed<k>/``.
+        seed: its seed (a population's: its first).
+        directory: ``<run_root>/<study>/<task>/<method>/seed<k>/`` (a population:
+            ``.../<method>/population/``).
         overrides: the program's ``key=value`` arguments (shared, method, user's).
         program: ``recipes/<recipe>.py``, or ``-m cmo_rl.compare.frozen`` for a meta method.
         final_step: the env-step count of its last update (``Budget.final_step``).
         blocked: why it cannot run (e.g. its meta-training crashed), else ``None``.
+        seeds: a population's seeds (one process trains them all), else ``()``.
 
     Examples:
         >>> spec = RunSpec("MockCMDP-v0", "cpo", 2, Path("/tmp/s/MockCMDP-v0/cpo/seed2"),
@@ -191,6 +208,7 @@ class RunSpec:
     program: tuple[str, ...]
     final_step: int
     blocked: str | None = field(default=None, compare=False)
+    seeds: tuple[int, ...] = ()
 
     @property
     def argv(self) -> list[str]:
@@ -199,8 +217,24 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """``task/method/seed<k>``, for messages."""
+        """``task/method/seed<k>`` (a population: ``task/method/seeds<a>,<b>,...``)."""
+        if self.seeds:
+            return f"{self.task}/{self.method}/seeds{','.join(str(s) for s in self.seeds)}"
         return f"{self.task}/{self.method}/seed{self.seed}"
+
+    def members(self) -> list[RunSpec]:
+        """One spec per seed of a population (``[self]`` for a single run): what the tables
+        count, each with the population's directory.
+
+        Examples:
+            >>> spec = RunSpec("T", "ppo_lag", 0, Path("/s/T/ppo_lag/population"), (), (), 8,
+            ...                seeds=(0, 1))
+            >>> [m.key for m in spec.members()]
+            ['T/ppo_lag/seed0', 'T/ppo_lag/seed1']
+        """
+        if not self.seeds:
+            return [self]
+        return [replace(self, seed=int(s), seeds=()) for s in self.seeds]
 
     @property
     def fingerprint(self) -> str:
@@ -216,7 +250,7 @@ def fingerprint(
     study that is moved or copied keeps its fingerprints. A finished run is reused only when
     the planned run has the same fingerprint. Renamed keys (:data:`cmo_rl.config.RENAMED_KEYS`)
     are hashed under their old names, so a study written before a rename keeps its
-    fingerprints.
+    fingerprints; ``checkpoint_interval`` (when to save, not what is computed) is left out.
 
     Examples:
         >>> a = fingerprint("cpo", ["recipes/cpo.py"], ["seed=0", "run_root=/x/s0"], Path("/x/s0"))
@@ -227,7 +261,11 @@ def fingerprint(
     """
     root = str(REPO)
     prog = [p.replace(root, "<repo>") for p in program]
-    over = [_old_name(o.replace(str(directory), "<dir>")) for o in overrides]
+    over = [
+        _old_name(o.replace(str(directory), "<dir>"))
+        for o in overrides
+        if not o.startswith(_NOT_FINGERPRINTED)
+    ]
     text = json.dumps({"method": method, "program": prog, "overrides": over}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -238,6 +276,7 @@ def _old_name(override: str) -> str:
 
 
 _OLD_NAMES = {new: old for old, new in RENAMED_KEYS.items()}
+_NOT_FINGERPRINTED = ("checkpoint_interval=",)
 
 
 def _shared_overrides(task: str, seed: int, budget: Budget, directory: Path) -> list[str]:
@@ -271,8 +310,9 @@ def run_command(
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(program, overrides)`` of one run.
 
-    Recipes get the shared settings plus ``steps_per_epoch``, ``checkpoint_interval`` (only the
-    final checkpoint) and ``normalize_observations`` left at the recipe's default; a meta method
+    Recipes get the shared settings plus ``steps_per_epoch``, ``checkpoint_interval`` (at every
+    evaluation, so an interrupted study resumes) and ``normalize_observations`` left at the
+    recipe's default; a meta method
     gets the shared settings plus ``checkpoint=<the meta-trained checkpoint>``. ``extra``
     (``key=value``) comes last and wins.
 
@@ -287,7 +327,7 @@ def run_command(
         program: tuple[str, ...] = (str(RECIPES_DIR / f"{method.recipe}.py"),)
         overrides += [
             f"steps_per_epoch={budget.steps_per_epoch}",
-            f"checkpoint_interval={budget.num_updates}",
+            f"checkpoint_interval={budget.checkpoint_interval}",
         ]
     elif method.kind == "meta":
         if checkpoint is None:
@@ -310,8 +350,10 @@ def plan_runs(
     overrides: Mapping[str, Sequence[str]] | None = None,
     checkpoints: Mapping[str, str | Path | None] | None = None,
     blocked: Mapping[str, str] | None = None,
+    populations: bool = True,
 ) -> list[RunSpec]:
-    """Every ``task x method x seed`` run of a study, in that order (tasks outermost).
+    """Every ``task x method x seed`` run of a study, in that order (tasks outermost); the
+    seeds of a :attr:`Method.population` method as one population run (``populations``).
 
     Args:
         study_dir: ``<run_root>/<study>``.
@@ -324,13 +366,19 @@ def plan_runs(
         checkpoints: ``{"lstm": path, "pid": path}``: the meta-trained checkpoint of each meta
             method's optimizer type.
         blocked: ``{method: reason}``: runs of that method are planned but marked blocked.
+        populations: one process per population method and task (``seeds=[...]``,
+            ``compile=true``); ``False``: one process per seed.
 
     Examples:
         >>> runs = plan_runs(study_dir="/tmp/study", tasks=["MockCMDP-v0"], methods=["ppo_lag", "cpo"],
         ...                  seeds=[0, 1], budget=Budget(400, 4, 25))
         >>> [r.key for r in runs]
-        ['MockCMDP-v0/ppo_lag/seed0', 'MockCMDP-v0/ppo_lag/seed1', 'MockCMDP-v0/cpo/seed0', 'MockCMDP-v0/cpo/seed1']
-        >>> str(runs[1].directory)
+        ['MockCMDP-v0/ppo_lag/seeds0,1', 'MockCMDP-v0/cpo/seed0', 'MockCMDP-v0/cpo/seed1']
+        >>> str(runs[0].directory), runs[0].overrides[-2:]
+        ('/tmp/study/MockCMDP-v0/ppo_lag/population', ('seeds=[0,1]', 'compile=true'))
+        >>> singles = plan_runs(study_dir="/tmp/study", tasks=["MockCMDP-v0"], methods=["ppo_lag"],
+        ...                     seeds=[0, 1], budget=Budget(400, 4, 25), populations=False)
+        >>> str(singles[1].directory)
         '/tmp/study/MockCMDP-v0/ppo_lag/seed1'
     """
     overrides = dict(overrides or {})
@@ -352,6 +400,27 @@ def plan_runs(
             reason = blocked.get(name)
             if method.kind == "meta" and checkpoint is None and reason is None:
                 reason = f"no meta-trained {method.recipe} checkpoint"
+            if populations and method.population:
+                directory = Path(study_dir) / task / name / "population"
+                listed = ",".join(str(int(s)) for s in seeds)
+                program, over = run_command(
+                    method, task, int(seeds[0]), budget, directory,
+                    extra=[f"seeds=[{listed}]", "compile=true", *extra],
+                )  # fmt: skip
+                specs.append(
+                    RunSpec(
+                        task,
+                        name,
+                        int(seeds[0]),
+                        directory,
+                        over,
+                        program,
+                        budget.final_step,
+                        reason,
+                        seeds=tuple(int(s) for s in seeds),
+                    )  # fmt: skip
+                )
+                continue
             for seed in seeds:
                 directory = Path(study_dir) / task / name / f"seed{int(seed)}"
                 program, over = run_command(

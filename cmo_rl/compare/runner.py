@@ -2,9 +2,15 @@
 
 A run is **done** (:func:`run_state` returns ``"done"``) when its ``status.json`` says so with
 the planned run's fingerprint, and its run directory holds ``metrics.csv`` and a final
-checkpoint (``checkpoints/step_<final step>.pt``). A done run is reused, never recomputed.
-Anything else is run (again) from scratch: a missing, crashed, interrupted or differently
+checkpoint (``checkpoints/step_<final step>.pt``); a population is done when every member's
+run directory is. A done run is reused, never recomputed. An **interrupted** run (its
+``command.json`` has the planned fingerprint, no ``status.json``, a checkpoint on disk: the
+study was stopped or its session ended) is resumed where its newest checkpoint left it
+(``resume=<run dir>``). Anything else is run again from scratch: a crashed or differently
 configured run has its directory cleared first (the program writes a fresh run directory).
+
+A population run (:attr:`~cmo_rl.compare.plan.RunSpec.seeds`) is one process; its results
+come back as one :class:`RunResult` per member, with that member's run directory.
 
 A run **crashes** when the program exits non-zero, is killed, exceeds ``timeout_s`` or exits 0
 without leaving the files above; ``status.json`` then holds the exit code, the reason and the
@@ -21,6 +27,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +42,9 @@ __all__ = [
     "collect",
     "execute",
     "find_run_dir",
+    "member_run_dirs",
     "read_status",
+    "resumable",
     "run_state",
 ]
 
@@ -98,6 +107,30 @@ def find_run_dir(directory: str | os.PathLike) -> Path | None:
     return found[-1].parent if found else None
 
 
+def member_run_dirs(directory: str | os.PathLike) -> dict[int, Path]:
+    """``{seed: run directory}`` of the population under a planned run's directory: the
+    members listed in the newest ``population.json`` (found beside each other, so a moved
+    study still resolves), or ``{}``.
+
+    Examples:
+        >>> import json, tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     runs = [Path(d, "ppo_lag", "T", name) for name in ("20250101-000000", "20250101-000000-1")]
+        ...     for run in runs:
+        ...         run.mkdir(parents=True)
+        ...         index = {"seeds": [3, 4], "run_dirs": ["/elsewhere/" + r.name for r in runs]}
+        ...         _ = (run / "population.json").write_text(json.dumps(index))
+        ...     {seed: path.name for seed, path in member_run_dirs(d).items()}
+        {3: '20250101-000000', 4: '20250101-000000-1'}
+    """
+    found = sorted(Path(directory).glob("*/*/*/population.json"), key=lambda p: p.parent.name)
+    if not found:
+        return {}
+    index = json.loads(found[-1].read_text())
+    parent = found[-1].parent.parent
+    return {int(s): parent / Path(d).name for s, d in zip(index["seeds"], index["run_dirs"])}
+
+
 def read_status(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The ``status.json`` of a planned run's directory, or ``None`` (missing or unreadable).
 
@@ -137,10 +170,36 @@ def run_state(spec: RunSpec) -> str:
         return "crashed"
     if status.get("status") != "done":
         return "missing"
+    if spec.seeds:
+        members = member_run_dirs(spec.directory)
+        finished = [
+            s in members and _final_checkpoint(members[s], spec.final_step) for s in spec.seeds
+        ]
+        return "done" if all(finished) else "missing"
     run_dir = find_run_dir(spec.directory)
     if run_dir is None or not _final_checkpoint(run_dir, spec.final_step):
         return "missing"
     return "done"
+
+
+def resumable(spec: RunSpec) -> Path | None:
+    """The run directory to continue an interrupted ``spec`` from (see the module docs), or
+    ``None``: it was launched with the planned fingerprint, never finished (no
+    ``status.json``) and left a checkpoint."""
+    if (spec.directory / STATUS_FILE).exists():
+        return None
+    try:
+        launched = json.loads((spec.directory / COMMAND_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if launched.get("fingerprint") != spec.fingerprint:
+        return None
+    if spec.seeds:
+        runs = list(member_run_dirs(spec.directory).values())
+    else:
+        runs = [run for run in [find_run_dir(spec.directory)] if run is not None]
+    with_checkpoints = [run for run in runs if any((run / "checkpoints").glob("step_*.pt"))]
+    return with_checkpoints[0] if with_checkpoints else None
 
 
 def _tail(path: Path) -> str:
@@ -159,19 +218,32 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _run_one(spec: RunSpec, timeout_s: float | None, env: dict[str, str] | None) -> RunResult:
-    if spec.directory.exists():
-        shutil.rmtree(spec.directory)
-    spec.directory.mkdir(parents=True)
+def _run_one(
+    spec: RunSpec, timeout_s: float | None, env: dict[str, str] | None, echo: Callable[[str], None]
+) -> list[RunResult]:
+    resume = resumable(spec)
+    argv: list[str] | None = spec.argv
+    if resume is not None:
+        finished = all(
+            d is not None and _final_checkpoint(d, spec.final_step)
+            for d in _run_dirs(spec).values()
+        )
+        # killed after its last checkpoint, before its status was written: nothing to run
+        argv = None if finished else [*argv, f"resume={resume}"]
+        echo(f"resume   {spec.key} from {resume}" + (" (already finished)" if finished else ""))
+    else:
+        if spec.directory.exists():
+            shutil.rmtree(spec.directory)
+        spec.directory.mkdir(parents=True)
+        _write_json(spec.directory / COMMAND_FILE, describe(spec))
     log = spec.directory / LOG_FILE
-    _write_json(spec.directory / COMMAND_FILE, describe(spec))
     start = time.perf_counter()
     returncode: int | None = None
     reason: str | None = None
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         try:
             proc = subprocess.run(
-                spec.argv,
+                argv or [sys.executable, "-c", ""],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -184,13 +256,15 @@ def _run_one(spec: RunSpec, timeout_s: float | None, env: dict[str, str] | None)
         except subprocess.TimeoutExpired:
             reason = f"timed out after {timeout_s:g} s (killed)"
     wall = time.perf_counter() - start
-    run_dir = find_run_dir(spec.directory)
+    run_dirs = _run_dirs(spec)
     if reason is None and returncode != 0:
         reason = f"exit code {returncode}"
-    if reason is None and run_dir is None:
+    if reason is None and None in run_dirs.values():
         reason = "exited 0 but wrote no metrics.csv"
-    if reason is None and not _final_checkpoint(run_dir, spec.final_step):
-        reason = f"exited 0 but left no final checkpoint in {run_dir / 'checkpoints'}"
+    if reason is None:
+        unfinished = [d for d in run_dirs.values() if not _final_checkpoint(d, spec.final_step)]
+        if unfinished:
+            reason = f"exited 0 but left no final checkpoint in {unfinished[0] / 'checkpoints'}"
     status = "crashed" if reason else "done"
     _write_json(
         spec.directory / STATUS_FILE,
@@ -200,20 +274,45 @@ def _run_one(spec: RunSpec, timeout_s: float | None, env: dict[str, str] | None)
             "returncode": returncode,
             "reason": reason,
             "log": str(log),
-            "run_dir": str(run_dir) if run_dir else None,
+            "run_dir": {str(s): str(d) if d else None for s, d in run_dirs.items()}
+            if spec.seeds
+            else (str(run_dirs[spec.seed]) if run_dirs[spec.seed] else None),
             "wall_s": wall,
             "log_tail": _tail(log) if reason else "",
         },
     )
-    return RunResult(spec, status, run_dir, returncode, reason, log, wall)
+    return _results(spec, status, returncode, reason, log, wall)
 
 
-def _previous(spec: RunSpec) -> RunResult:
+def _run_dirs(spec: RunSpec) -> dict[int, Path | None]:
+    """``{seed: run directory or None}`` of a planned run (one entry for a single run)."""
+    if spec.seeds:
+        members = member_run_dirs(spec.directory)
+        return {s: members.get(s) for s in spec.seeds}
+    return {spec.seed: find_run_dir(spec.directory)}
+
+
+def _results(
+    spec: RunSpec,
+    status: str,
+    returncode: int | None = None,
+    reason: str | None = None,
+    log: Path | None = None,
+    wall_s: float = 0.0,
+) -> list[RunResult]:
+    """One :class:`RunResult` per member of ``spec`` (one for a single run)."""
+    run_dirs = _run_dirs(spec) if status != "blocked" else {}
+    return [
+        RunResult(member, status, run_dirs.get(member.seed), returncode, reason, log, wall_s)
+        for member in spec.members()
+    ]
+
+
+def _previous(spec: RunSpec) -> list[RunResult]:
     status = read_status(spec.directory) or {}
-    return RunResult(
+    return _results(
         spec,
         "reused",
-        find_run_dir(spec.directory),
         status.get("returncode"),
         None,
         spec.directory / LOG_FILE,
@@ -238,24 +337,21 @@ def collect(specs: Sequence[RunSpec]) -> list[RunResult]:
     for spec in specs:
         state = "blocked" if spec.blocked else run_state(spec)
         if state == "done":
-            out.append(_previous(spec))
+            out += _previous(spec)
         elif state == "blocked":
-            out.append(RunResult(spec, "blocked", reason=spec.blocked))
+            out += _results(spec, "blocked", reason=spec.blocked)
         elif state == "crashed":
             status = read_status(spec.directory) or {}
-            out.append(
-                RunResult(
-                    spec,
-                    "crashed",
-                    find_run_dir(spec.directory),
-                    status.get("returncode"),
-                    status.get("reason"),
-                    Path(status.get("log") or spec.directory / LOG_FILE),
-                    float(status.get("wall_s", 0.0)),
-                )
+            out += _results(
+                spec,
+                "crashed",
+                status.get("returncode"),
+                status.get("reason"),
+                Path(status.get("log") or spec.directory / LOG_FILE),
+                float(status.get("wall_s", 0.0)),
             )
         else:
-            out.append(RunResult(spec, "missing", reason="not run (or interrupted)"))
+            out += _results(spec, "missing", reason="not run (or interrupted)")
     return out
 
 
@@ -267,7 +363,8 @@ def execute(
     env: dict[str, str] | None = None,
     echo: Callable[[str], None] = print,
 ) -> list[RunResult]:
-    """Run every spec that is not done yet; returns one :class:`RunResult` per spec, in order.
+    """Run every spec that is not done yet; returns one :class:`RunResult` per spec (per
+    member of a population), in order.
 
     Args:
         specs: the planned runs.
@@ -288,30 +385,30 @@ def execute(
     """
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    results: list[RunResult | None] = [None] * len(specs)
+    results: list[list[RunResult] | None] = [None] * len(specs)
     todo = []
     for i, spec in enumerate(specs):
         if spec.blocked:
-            results[i] = RunResult(spec, "blocked", reason=spec.blocked)
+            results[i] = _results(spec, "blocked", reason=spec.blocked)
             echo(f"blocked  {spec.key}: {spec.blocked}")
         elif run_state(spec) == "done":
             results[i] = _previous(spec)
         else:
             todo.append(i)
-    reused = sum(r is not None and r.status == "reused" for r in results)
+    reused = sum(r is not None and r[0].status == "reused" for r in results)
     echo(f"{len(specs)} runs: {reused} reused, {len(todo)} to run, {jobs} at a time")
     counter = {"finished": 0}
 
-    def work(i: int) -> RunResult:
+    def work(i: int) -> list[RunResult]:
         spec = specs[i]
         echo(f"start    {spec.key}")
-        result = _run_one(spec, timeout_s, env)
+        result = _run_one(spec, timeout_s, env, echo)
         counter["finished"] += 1
         n = f"[{counter['finished']}/{len(todo)}]"
-        if result.ok:
-            echo(f"done     {spec.key} in {result.wall_s:.0f} s {n}")
+        if result[0].ok:
+            echo(f"done     {spec.key} in {result[0].wall_s:.0f} s {n}")
         else:
-            echo(f"CRASHED  {spec.key}: {result.reason}; log: {result.log} {n}")
+            echo(f"CRASHED  {spec.key}: {result[0].reason}; log: {result[0].log} {n}")
         return result
 
     if int(jobs) == 1:
@@ -321,4 +418,4 @@ def execute(
         with ThreadPoolExecutor(max_workers=int(jobs)) as pool:
             for i, result in zip(todo, pool.map(work, todo)):
                 results[i] = result
-    return [r for r in results if r is not None]
+    return [member for result in results if result is not None for member in result]

@@ -30,18 +30,13 @@ if TYPE_CHECKING:
         safety_task_ids,
         validate_env_id,
     )
-    from cmo_rl.envs.safety import (
-        SafetyGymnasiumBatchEnv,
-        make_safety_env,
-        observation_norm,
-        resolve_device,
-    )
-    from cmo_rl.envs.stable_vecnorm import StableVecNorm
+    from cmo_rl.envs.safety import SafetyGymnasiumBatchEnv, make_safety_env, resolve_device
+    from cmo_rl.envs.stable_vecnorm import StableVecNorm, observation_norm
 
 _LAZY = {
     "SafetyGymnasiumBatchEnv": "cmo_rl.envs.safety",
     "make_safety_env": "cmo_rl.envs.safety",
-    "observation_norm": "cmo_rl.envs.safety",
+    "observation_norm": "cmo_rl.envs.stable_vecnorm",
     "StableVecNorm": "cmo_rl.envs.stable_vecnorm",
     "resolve_device": "cmo_rl.envs.safety",
     "has_pixel_observations": "cmo_rl.envs.registry",

@@ -65,7 +65,7 @@ def make_env(
         >>> td["next", "step_count"][:, -1].flatten().tolist(), bool(td["next", "done"][:, -1].all())
         ([3, 3], True)
     """
-    from cmo_rl.envs.safety import observation_norm
+    from cmo_rl.envs.stable_vecnorm import observation_norm
 
     if env_id == MOCK_ENV_ID:
         from cmo_rl.testing import MockCMDPEnv

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
-from torchrl.envs import Compose, EnvBase, RewardSum, Transform, TransformedEnv
+from torchrl.envs import Compose, EnvBase, RewardSum, TransformedEnv
 
 from cmo_rl.envs import compat as _compat  # noqa: F401  (import shim before safety_gymnasium)
 from cmo_rl.envs.registry import is_vision_task, validate_env_id
-from cmo_rl.envs.stable_vecnorm import BATCHED_WARNING, StableVecNorm
+from cmo_rl.envs.stable_vecnorm import BATCHED_WARNING, observation_norm
 
 __all__ = ["SafetyGymnasiumBatchEnv", "make_safety_env", "observation_norm", "resolve_device"]
 
@@ -263,28 +263,18 @@ class SafetyGymnasiumBatchEnv(EnvBase):
             >>> whole.num_envs, whole.raw_envs[1] is parts[1].raw_envs[0]
             (2, True)
         """
-        envs = list(envs)
-        if not envs:
-            raise ValueError("concatenate needs at least one env")
-        first = envs[0]
         settings = {
             (e.env_id, e.max_episode_steps, e.device, e.fast_reset, e.fast_step) for e in envs
         }
         if len(settings) != 1:
             raise ValueError(
-                "concatenate needs envs of one task, horizon, device and fast_reset/fast_step "
-                f"setting, got {sorted(settings, key=str)}"
+                "concatenate needs envs (at least one) of one task, horizon, device and "
+                f"fast_reset/fast_step setting, got {sorted(settings, key=str)}"
             )
+        env_id, horizon, device, fast_reset, fast_step = settings.pop()
         raw = [r for env in envs for r in env.raw_envs]
-        return cls(
-            first.env_id,
-            len(raw),
-            device=first.device,
-            max_episode_steps=first.max_episode_steps,
-            fast_reset=first.fast_reset,
-            fast_step=first.fast_step,
-            _raw_envs=raw,
-        )
+        return cls(env_id, len(raw), device=device, max_episode_steps=horizon,
+                   fast_reset=fast_reset, fast_step=fast_step, _raw_envs=raw)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------
     # construction
@@ -603,32 +593,3 @@ def make_safety_env(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=BATCHED_WARNING)
         return TransformedEnv(base, Compose(*transforms))
-
-
-def observation_norm(in_keys: Sequence[str]) -> Transform:
-    r"""Running observation normalisation, pooled over the batch: TorchRL's ``VecNormV2``
-    (as :class:`~cmo_rl.envs.stable_vecnorm.StableVecNorm`, which keeps the variance
-    non-negative so near-constant features do not turn into NaN).
-
-    With ``decay=1`` and ``reduce_batch_dims=True`` the statistics are the exact running mean
-    and variance of every observation row seen (``count`` rows):
-
-    .. math::
-
-        \mu = \frac1{\text{count}}\sum x, \qquad
-        \sigma^2 = \frac1{\text{count}}\sum x^2 - \mu^2, \qquad
-        \hat x = \frac{x - \mu}{\max(\sigma, 10^{-4})}
-
-    updated on every step and reset output (``freeze()`` stops the updates, e.g. for
-    evaluation; ``state_dict()`` carries the statistics).
-
-    Examples:
-        >>> from torchrl.envs import TransformedEnv
-        >>> from cmo_rl.testing import MockCMDPEnv
-        >>> norm = observation_norm(["observation"])
-        >>> env = TransformedEnv(MockCMDPEnv(num_envs=8, episode_length=50, seed=0), norm)
-        >>> s = env.rollout(50)["next", "observation"][..., 0]  # raw s ~ U(-1, 1): std 0.58
-        >>> type(norm).__name__, round(float(s.std()), 1)
-        ('StableVecNorm', 1.0)
-    """
-    return StableVecNorm(in_keys=list(in_keys), decay=1.0, eps=1e-4, reduce_batch_dims=True)

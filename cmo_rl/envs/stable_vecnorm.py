@@ -16,10 +16,13 @@ non-negative variance. State-dict keys are ``VecNormV2``'s, so checkpoints load 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from torchrl.envs import Transform
 from torchrl.envs.transforms.vecnorm import VecNormV2
 
-__all__ = ["StableVecNorm"]
+__all__ = ["StableVecNorm", "observation_norm"]
 
 #: (regex) ``VecNormV2`` warns whenever it is parented to a batched env, naming its class;
 #: pooling the statistics over the batch is what ``observation_norm`` asks for.
@@ -57,3 +60,32 @@ class StableVecNorm(VecNormV2):
             return
         # Only entries present in ``data`` were updated; clamping all is harmless (idempotent).
         self._var.apply_(lambda var, loc: torch.maximum(var, loc.pow(2)), self._loc)
+
+
+def observation_norm(in_keys: Sequence[str]) -> Transform:
+    r"""Running observation normalisation, pooled over the batch: TorchRL's ``VecNormV2``
+    (as :class:`~cmo_rl.envs.stable_vecnorm.StableVecNorm`, which keeps the variance
+    non-negative so near-constant features do not turn into NaN).
+
+    With ``decay=1`` and ``reduce_batch_dims=True`` the statistics are the exact running mean
+    and variance of every observation row seen (``count`` rows):
+
+    .. math::
+
+        \mu = \frac1{\text{count}}\sum x, \qquad
+        \sigma^2 = \frac1{\text{count}}\sum x^2 - \mu^2, \qquad
+        \hat x = \frac{x - \mu}{\max(\sigma, 10^{-4})}
+
+    updated on every step and reset output (``freeze()`` stops the updates, e.g. for
+    evaluation; ``state_dict()`` carries the statistics).
+
+    Examples:
+        >>> from torchrl.envs import TransformedEnv
+        >>> from cmo_rl.testing import MockCMDPEnv
+        >>> norm = observation_norm(["observation"])
+        >>> env = TransformedEnv(MockCMDPEnv(num_envs=8, episode_length=50, seed=0), norm)
+        >>> s = env.rollout(50)["next", "observation"][..., 0]  # raw s ~ U(-1, 1): std 0.58
+        >>> type(norm).__name__, round(float(s.std()), 1)
+        ('StableVecNorm', 1.0)
+    """
+    return StableVecNorm(in_keys=list(in_keys), decay=1.0, eps=1e-4, reduce_batch_dims=True)

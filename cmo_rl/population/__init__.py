@@ -5,7 +5,8 @@ parameters are stacked (:mod:`~cmo_rl.population.learners`), one ``torch.func.vm
 ``torch.func.grad`` computes every learner's minibatch gradient of the PPO-Lagrangian loss
 (:mod:`~cmo_rl.population.loss`), a stacked Adam with per-network clipping applies them
 (:mod:`~cmo_rl.population.adam`), and :class:`PopulationPPO` runs the passes with a KL early
-stop per learner (:mod:`~cmo_rl.population.update`). The multipliers follow their own rules
+stop per learner (:mod:`~cmo_rl.population.update`). The learners' envs step as one batched
+TorchRL env with per-learner normalisers (:mod:`~cmo_rl.population.env`). The multipliers follow their own rules
 per learner (:mod:`~cmo_rl.population.multipliers`). Each piece equals ``P`` separate
 single-learner runs (``tests/population``). The package belongs to the baseline wing: it uses
 :mod:`cmo_rl.training` and never :mod:`cmo_rl.meta`.
@@ -13,6 +14,13 @@ single-learner runs (``tests/population``). The package belongs to the baseline 
 
 from cmo_rl.population.adam import StackedAdam, adam_update, clip_group_norms
 from cmo_rl.population.collection import PopulationCollector
+from cmo_rl.population.compiling import CompiledOrEager
+from cmo_rl.population.env import (
+    PopulationEnv,
+    PopulationObservationNorm,
+    batching_refusal,
+    population_env,
+)
 from cmo_rl.population.learners import (
     GROUPS,
     LearnerNets,
@@ -35,19 +43,24 @@ __all__ = [
     "BATCH_KEYS",
     "GROUPS",
     "POPULATION_FILE",
+    "CompiledOrEager",
     "LearnerNets",
     "LearnerRNG",
     "LossCoefficients",
     "PopulationCollector",
+    "PopulationEnv",
+    "PopulationObservationNorm",
     "PopulationPPO",
     "StackedAdam",
     "StackedLagrange",
     "StackedPID",
     "adam_update",
     "approx_kl_of",
+    "batching_refusal",
     "clip_group_norms",
     "lagrangian_ppo_loss",
     "make_population",
+    "population_env",
     "population_seeds",
     "stack_learners",
     "train_population",

@@ -53,6 +53,7 @@ def test_compare_runs_reuses_and_reports_crashes_on_the_mock(tmp_path):
         "hidden_layers=[8]",
         'overrides.recipes=["minibatch_size=25","update_iters=1"]',
         'overrides.cpo=["cg_iters=0"]',  # an invalid recipe config: every cpo run exits 2
+        'overrides.ppo_lag=["compile=false"]',  # no compile warm-up in a test
         f"meta.checkpoints.pid={ckpt}",
         "jobs=2",
     ]
@@ -81,13 +82,31 @@ def test_compare_runs_reuses_and_reports_crashes_on_the_mock(tmp_path):
     assert record["status"]["MockCMDP-v0/cpo/seed0"] == "crashed" and record["wall_s_this_call"] > 0
     frame = pd.read_csv(Path(status["run_dir"]) / "metrics.csv")
     assert frame["step"].tolist() == [50, 100, 150]
+    # ppo_lag's two seeds were one population process, each seed a run directory of its own
+    population = study / "MockCMDP-v0" / "ppo_lag" / "population"
+    members = json.loads((population / "status.json").read_text())["run_dir"]
+    assert sorted(members) == ["0", "1"] and members["0"] != members["1"]
+    assert "seeds=[0,1]" in json.loads((population / "command.json").read_text())["argv"]
 
     # a second call reuses the finished runs: nothing runs, nothing is rewritten
     mtime = (run / "status.json").stat().st_mtime_ns
     again = _compare([a.replace(",cpo]", "]") for a in args], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "4 runs: 4 reused, 0 to run, 2 at a time" in again.stdout
+    assert "3 runs: 3 reused, 0 to run, 2 at a time" in again.stdout  # ppo_lag: one population
     assert (run / "status.json").stat().st_mtime_ns == mtime
+    assert pd.read_csv(study / "summary.csv")["eval_return"].iloc[:2].tolist() == (
+        table["eval_return"].iloc[:2].tolist()
+    )
+
+    # an interrupted population (no status.json, its newest checkpoints of update 2) resumes
+    # from them, the recipe accepting its original overrides beside resume=
+    (population / "status.json").unlink()
+    for member in members.values():
+        (Path(member) / "checkpoints" / "step_000000000150.pt").unlink()
+    resumed = _compare([a.replace(",cpo]", "]") for a in args], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resume   MockCMDP-v0/ppo_lag/seeds0,1 from " in resumed.stdout
+    assert json.loads((population / "status.json").read_text())["status"] == "done"
     assert pd.read_csv(study / "summary.csv")["eval_return"].iloc[:2].tolist() == (
         table["eval_return"].iloc[:2].tolist()
     )
