@@ -489,3 +489,25 @@ def test_fingerprints_survive_the_key_renames():
     old = ["lambda_init=0.0", "max_episode_steps=1000", "run_root=<dir>"]
     text = json.dumps({"method": "ppo", "program": program, "overrides": old}, sort_keys=True)
     assert fingerprint("ppo", program, new, d) == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_export_study_copies_tables_and_every_finished_runs_metrics(fake, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "export_study", Path(__file__).resolve().parents[1] / "scripts" / "export_study.py"
+    )
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    execute([fake.population(3, 5), fake.spec(1), fake.spec(2, "mode=crash")], echo=lambda s: None)
+    study = tmp_path / "study"
+    (study / "summary.csv").write_text("task,method\n")
+    moved = tmp_path / "moved"
+    study.rename(moved)  # run directories are found beside their status files
+    assert export.main([str(moved), str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert (out / "summary.csv").is_file()
+    written = sorted(str(p.relative_to(out)) for p in out.glob("*/*/*.csv"))
+    assert written == ["T/cpo/seed1.csv", "T/ppo_lag/seed3.csv", "T/ppo_lag/seed5.csv"]
+    assert "20,8.0," in (out / "T" / "ppo_lag" / "seed5.csv").read_text()
+    assert export.main([str(tmp_path / "nothing"), str(out)]) == 2
