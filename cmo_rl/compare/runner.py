@@ -185,7 +185,23 @@ def run_state(spec: RunSpec) -> str:
 def resumable(spec: RunSpec) -> Path | None:
     """The run directory to continue an interrupted ``spec`` from (see the module docs), or
     ``None``: it was launched with the planned fingerprint, never finished (no
-    ``status.json``) and left a checkpoint."""
+    ``status.json``) and left a checkpoint.
+
+    Examples:
+        >>> import tempfile
+        >>> from cmo_rl.compare.plan import Budget, describe, plan_runs
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     spec = plan_runs(study_dir=d, tasks=["MockCMDP-v0"], methods=["cpo"], seeds=[0],
+        ...                      budget=Budget(400, 4, 25))[0]
+        ...     run = spec.directory / "cpo" / "MockCMDP-v0" / "20250101-000000"
+        ...     (run / "checkpoints").mkdir(parents=True)
+        ...     _ = (run / "metrics.csv").write_text("step")
+        ...     _ = (spec.directory / "command.json").write_text(json.dumps(describe(spec)))
+        ...     before = resumable(spec)
+        ...     _ = (run / "checkpoints" / "step_000000000100.pt").write_bytes(b"x")
+        ...     before, resumable(spec) == run
+        (None, True)
+    """
     if (spec.directory / STATUS_FILE).exists():
         return None
     try:
