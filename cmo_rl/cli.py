@@ -3,6 +3,7 @@
     cmo                                            # cmo_rl/conf/default.yaml
     cmo preset=quick                               # a real meta-training in a few minutes
     cmo meta_optimizer_type=pid meta_lr=5e-4 device=cpu
+    cmo meta_algorithm=es env_ids=[SafetyPointGoal1-v0,SafetyCarGoal1-v0]  # a learned lambda rule
     cmo resume=runs/meta_lstm/SafetyPointGoal1-v0/20250101-120000 total_meta_iters=1000
     python recipes/meta_train.py preset=quick      # the same program
 
@@ -31,6 +32,10 @@
    and ``plots/meta_test_return.png``, ``plots/meta_test_cost.png`` (per task: mean over seeds
    after each inner round of the meta-test runs, initial vs learned).
 
+With ``meta_algorithm=es`` steps 2-5 are :func:`cmo_rl.meta_es.train_es`'s: a learned
+lambda rule meta-trained by evolution strategies over whole PPO-Lagrangian runs, its
+``rule.pt`` in the run directory.
+
 Exit codes (:mod:`cmo_rl.lifecycle.entry`): 0 done, 2 bad config (or an unreadable checkpoint
 to resume), 3 non-finite meta-gradient with ``nan_policy=raise``, 130 / 143 Ctrl-C / SIGTERM
 (after the checkpoint).
@@ -58,6 +63,8 @@ from cmo_rl.lifecycle import (
     run_cli,
 )
 from cmo_rl.lifecycle.checkpoint import restore_rng_state
+from cmo_rl.lifecycle.resume import locate_resume
+from cmo_rl.meta_es import ES_CHECKPOINT_ENTRIES, train_es
 from cmo_rl.meta_schema import CONF_DIR, RESUMABLE_KEYS, SCHEMA, check_meta_config
 from cmo_rl.seeding import seed_everything
 
@@ -93,18 +100,25 @@ def train(
     # 1. the effective config (on resume: the stored one plus the allowed changes)
     requested = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     requested = {**requested, "resume": _latest_of_any_type(requested)}
+    es = _resumes_es(requested)
+    entries = ES_CHECKPOINT_ENTRIES if es else CHECKPOINT_ENTRIES
     run = Run(
         requested,
-        program=f"meta_{requested['meta_optimizer_type']}",
+        program="meta_es" if es else f"meta_{requested['meta_optimizer_type']}",
         task=lambda c: c["env_ids"][0],
         resumable=RESUMABLE_KEYS,
         check=check_meta_config,
         allow_new_keys=True,  # keys newer than a stored run take their defaults
-        required_state=("config", "step", "time_total", "rng", *CHECKPOINT_ENTRIES),
+        required_state=("config", "step", "time_total", "rng", *entries),
     )
     c = TrackedConfig(run.cfg, read=Run.KEYS)
     if tracked is not None:
         tracked.append(c)
+    if c.meta_algorithm == "es":  # a learned lambda rule, ES over whole PPO-Lag runs
+        if c.torch_threads:
+            torch.set_num_threads(int(c.torch_threads))
+        seed_everything(int(c.seed))
+        return train_es(run, c)
 
     # 2. the trainer (meta-optimizer, task sampler, outer Adam), restored on resume
     if c.torch_threads:
@@ -174,22 +188,36 @@ def train(
 
 
 def _latest_of_any_type(requested: Mapping[str, Any]) -> Any:
-    """``resume=latest``: the newest ``cmo`` run under ``run_root`` of either meta-optimizer
-    type (unless ``meta_optimizer_type`` is given on the command line) and on any task; any
-    other ``resume`` value unchanged."""
+    """``resume=latest``: the newest ``cmo`` run under ``run_root`` of any meta-training
+    algorithm and meta-optimizer type (only those given on the command line, when
+    ``meta_algorithm`` or ``meta_optimizer_type`` is) and on any task; any other ``resume``
+    value unchanged."""
     if requested.get("resume") != LATEST:
         return requested.get("resume")
-    explicit = hydra_override_keys()
-    if explicit is not None and "meta_optimizer_type" in explicit:
-        return LATEST  # the requested type's newest run (the lifecycle's rule)
     from cmo_rl.meta import META_OPTIMIZERS
 
-    runs = [
-        run for kind in META_OPTIMIZERS for run in find_runs(requested["run_root"], f"meta_{kind}")
-    ]
+    explicit = hydra_override_keys() or set()
+    programs = [f"meta_{kind}" for kind in META_OPTIMIZERS] + ["meta_es"]
+    if "meta_optimizer_type" in explicit:
+        programs = [f"meta_{requested['meta_optimizer_type']}"]
+    if "meta_algorithm" in explicit:
+        es = requested.get("meta_algorithm") == "es"
+        programs = [p for p in programs if (p == "meta_es") == es]
+    runs = [run for program in programs for run in find_runs(requested["run_root"], program)]
     if not runs:
         raise ConfigError([f"resume=latest: there is no cmo run under {requested['run_root']}"])
     return str(max(runs, key=lambda path: path.name))  # timestamp names sort by time
+
+
+def _resumes_es(requested: Mapping[str, Any]) -> bool:
+    """Whether the run to start or continue is an ES run: the requested ``meta_algorithm``,
+    or, with ``resume=``, the program of the resumed run (its run directory's parent)."""
+    if not requested.get("resume"):
+        return requested.get("meta_algorithm") == "es"
+    run_dir, _ = locate_resume(
+        requested["resume"], run_root=requested["run_root"], program="meta_es"
+    )
+    return run_dir.parent.parent.name == "meta_es"
 
 
 def _progress_label(run: Run) -> str:

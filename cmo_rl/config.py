@@ -482,8 +482,10 @@ def check_override_keys(args: Sequence[str], schema: Schema) -> None:
     (``hydra.*``, ``-m``), config-group choices (``preset=quick``, ``hydra/launcher=...``) pass.
 
     Examples:
-        >>> schema = {"meta_lr": Field(float), "meta_test": {"rounds": Field(int)}}
-        >>> check_override_keys(["meta_lr=1e-3", "meta_test.rounds=2", "preset=quick", "-m"], schema)
+        >>> schema = {"meta_lr": Field(float), "meta_test": {"rounds": Field(int)},
+        ...           "inner": Field(dict)}
+        >>> check_override_keys(["meta_lr=1e-3", "meta_test.rounds=2", "preset=quick", "-m",
+        ...                      "inner.lr=1e-3"], schema)
         >>> try:
         ...     check_override_keys(["meta_lrr=1e-3"], schema)
         ... except ConfigError as err:
@@ -500,6 +502,8 @@ def check_override_keys(args: Sequence[str], schema: Schema) -> None:
             continue  # Hydra's own settings and config-group choices
         node: Any = schema
         for depth, part in enumerate(key.split(".")):
+            if isinstance(node, Field) and node.type is dict:
+                break  # a free-form sub-config (its program checks the keys below it)
             if not isinstance(node, Mapping) or part not in node:
                 known = list(node) if isinstance(node, Mapping) else []
                 close = difflib.get_close_matches(part, known, n=1)

@@ -40,7 +40,7 @@ from cmo_rl.training.lagrangian_ppo import (
 )
 from cmo_rl.training.schema import LAGRANGE, PID, PPO, recipe_schema
 
-__all__ = ["BASELINES", "Baseline", "baseline_runner", "baseline_runs"]
+__all__ = ["BASELINES", "Baseline", "baseline_runner", "baseline_runs", "recipe_defaults"]
 
 #: The recipes' yaml configs: data of a source checkout (the recipes are not package modules).
 RECIPE_CONFIG_DIR = Path(__file__).resolve().parents[1] / "recipes" / "config"
@@ -76,15 +76,25 @@ BASELINES = (
 )
 
 
-def _defaults(baseline: Baseline) -> Any:
+def recipe_defaults(recipe: str, *, needed_by: str = "meta_test.compare_baselines") -> Any:
+    """``recipes/config/<recipe>.yaml`` without its Hydra-only keys (``defaults``, ``hydra``);
+    a missing file (an installed package without the source checkout) is a ``ValueError``
+    naming ``needed_by``.
+
+    Examples:
+        >>> cfg = recipe_defaults("pid_lagrangian")
+        >>> cfg.pid_kp, "hydra" in cfg
+        (0.1, False)
+    """
     from omegaconf import OmegaConf
 
-    if not baseline.config_path.is_file():
+    path = RECIPE_CONFIG_DIR / f"{recipe}.yaml"
+    if not path.is_file():
         raise ValueError(
-            f"meta_test.compare_baselines needs the recipe config {baseline.config_path}, which "
-            "is missing (it ships with a source checkout of cmo_rl, not with the installed package)"
+            f"{needed_by} needs the recipe config {path}, which is missing (it ships with a "
+            "source checkout of cmo_rl, not with the installed package)"
         )
-    base = OmegaConf.load(baseline.config_path)
+    base = OmegaConf.load(path)
     for key in ("defaults", "hydra"):
         base.pop(key, None)
     return base
@@ -124,7 +134,7 @@ def baseline_runs(
     steps_per_epoch = int(episode_length) * int(vector_envs_per_task)
     rows = []
     for baseline in baselines:
-        base = _defaults(baseline)
+        base = recipe_defaults(baseline.recipe)
         for env_id in env_ids:
             for seed in seeds:
                 overrides = {

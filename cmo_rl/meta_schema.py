@@ -118,6 +118,8 @@ SCHEMA: dict[str, Any] = {
     "vector_envs_per_task": Field(int, ge=1),
     "episode_length": Field(int, ge=1),
     "balanced_tasks": Field(bool),
+    # meta-training algorithm
+    "meta_algorithm": Field(str, choices=("bilevel", "es")),
     # meta-optimizer
     "meta_optimizer_type": Field(str, choices=("lstm", "pid")),
     "hidden_size": Field(int, ge=1),
@@ -145,6 +147,17 @@ SCHEMA: dict[str, Any] = {
     "hidden_layers": Field(list, items=int, check=layer_widths),
     "critic_lr": Field(float, gt=0),
     "critic_steps": Field(int, ge=0),
+    # evolution strategies (meta_algorithm=es)
+    "es": {
+        "generations": Field(int, ge=1),
+        "pairs": Field(int, ge=1),
+        "seeds": Field(int, ge=1),
+        "sigma": Field(float, gt=0),
+        "lr": Field(float, gt=0),
+        "nu": Field(float, ge=0),
+        "rule_hidden": Field(int, ge=0),
+        "inner": Field(dict),
+    },
     # meta-test
     "eval_episodes": Field(int, ge=0),
     "meta_test": {
@@ -175,6 +188,7 @@ RESUMABLE_KEYS = frozenset(
         "eval_env_ids",
         "eval_episodes",
         "meta_test",
+        "es",  # es.generations extends a run; other es.* keys change its remaining generations
     }
 )
 
@@ -189,16 +203,28 @@ def _held_out_is_held_out(cfg: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _es_runs_on_cpu(cfg: Mapping[str, Any]) -> list[str]:
+    if cfg["meta_algorithm"] == "es" and str(cfg["device"]) != "cpu":
+        return [
+            f"device: got {cfg['device']!r}; meta_algorithm=es trains its members as one "
+            "population on the CPU (device=cpu)"
+        ]
+    return []
+
+
 #: The checks that involve several keys, reported with the single-key problems.
-RULES = (Rule(("env_ids", "eval_env_ids"), _held_out_is_held_out),)
+RULES = (
+    Rule(("env_ids", "eval_env_ids"), _held_out_is_held_out),
+    Rule(("meta_algorithm", "device"), _es_runs_on_cpu),
+)
 
 
 def check_meta_config(cfg: Mapping[str, Any]) -> None:
     """:data:`SCHEMA` and :data:`RULES`: one :class:`ConfigError` listing every problem,
     single-key and cross-key together.
 
-    Cross-key check: ``eval_env_ids`` must not repeat a training task (a held-out task is
-    held out).
+    Cross-key checks: ``eval_env_ids`` must not repeat a training task (a held-out task is
+    held out); ``meta_algorithm=es`` runs on ``device=cpu``.
 
     Examples:
         >>> from omegaconf import OmegaConf

@@ -1,6 +1,7 @@
 """The two wings never import each other: nothing in ``cmo_rl.meta`` imports the baseline wing
 (``cmo_rl.training``) or the recipes, nothing in ``cmo_rl.training`` imports ``cmo_rl.meta``;
-the program layer (``cmo_rl/cli.py``, ``cmo_rl/meta_baselines.py``) joins them. Imports inside
+the program layer (``cmo_rl/cli.py``, ``cmo_rl/meta_baselines.py``, ``cmo_rl/meta_es.py``) joins
+them. Imports inside
 functions count too (read from the source, nothing is imported)."""
 
 from __future__ import annotations

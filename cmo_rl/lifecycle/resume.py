@@ -144,8 +144,9 @@ def _unreadable(err: CheckpointError, run_dir: Path, ckpt: Path) -> str:
     )
 
 
-def hydra_override_keys() -> set[str] | None:
-    """Top-level keys set on the command line of the running Hydra app (``None`` outside Hydra).
+def hydra_override_keys(*, dotted: bool = False) -> set[str] | None:
+    """Top-level keys set on the command line of the running Hydra app (``None`` outside Hydra);
+    ``dotted=True``: the full dotted paths (``es.generations``).
 
     ``python recipes/ppo_lagrangian.py resume=runs/... total_steps=2000000`` gives
     ``{"resume", "total_steps"}``.
@@ -160,7 +161,8 @@ def hydra_override_keys() -> set[str] | None:
         return None
     keys = set()
     for override in HydraConfig.get().overrides.task:
-        keys.add(override.split("=", 1)[0].lstrip("+~").split(".", 1)[0])
+        key = override.split("=", 1)[0].lstrip("+~")
+        keys.add(key if dotted else key.split(".", 1)[0])
     return keys
 
 
@@ -185,8 +187,9 @@ def resolve_resume_config(
             another recipe); ``True``, a key added to the program after the run was written,
             which takes its requested (default) value.
 
-    Explicit keys in ``resumable`` take the requested value; other explicit keys must equal
-    the stored value, else a :class:`~cmo_rl.config.ConfigError` lists them. Values are deep
+    Explicit keys in ``resumable`` take the requested value; of a sub-config named only by
+    dotted paths (``explicit={"es.generations"}``) only those leaves change. Other explicit
+    keys must equal the stored value, else a :class:`~cmo_rl.config.ConfigError` lists them. Values are deep
     copies, so the result shares nothing with ``requested`` or ``stored``.
 
     Examples:
@@ -197,6 +200,9 @@ def resolve_resume_config(
         >>> resolve_resume_config({**stored, "lr": 0.5, "new_key": 1}, stored, explicit={"lr"},
         ...                       resumable={"lr"}, allow_new_keys=True)
         {'seed': 0, 'total_steps': 100, 'lr': 0.5, 'resume': None, 'new_key': 1}
+        >>> resolve_resume_config({"es": {"generations": 9, "pairs": 4}},
+        ...     {"es": {"generations": 3, "pairs": 2}}, explicit={"es.generations"}, resumable={"es"})
+        {'es': {'generations': 9, 'pairs': 2}}
         >>> try:
         ...     resolve_resume_config({"seed": 1, "total_steps": 100, "lr": 0.1}, stored,
         ...                           resumable={"total_steps"})
@@ -205,11 +211,17 @@ def resolve_resume_config(
         invalid config (1 problem):
           - seed: got 1 but the resumed run has 0; only ['total_steps'] may change on resume
     """
-    keys = set(requested) if explicit is None else set(explicit) & set(requested)
+    paths = set(requested) if explicit is None else set(explicit)
+    keys = {path.split(".", 1)[0] for path in paths} & set(requested)
     merged = copy.deepcopy(dict(stored))
     problems = []
     for key in sorted(keys):
-        if key in resumable:
+        leaves = [path.split(".", 1)[1] for path in paths if path.startswith(f"{key}.")]
+        if key in resumable and key not in paths and leaves and key in stored:
+            merged[key] = copy.deepcopy(stored[key])  # a sub-config: only the leaves set change
+            for leaf in leaves:
+                _set_path(merged[key], leaf, _get_path(requested[key], leaf))
+        elif key in resumable:
             merged[key] = copy.deepcopy(requested[key])
         elif key not in stored:
             problems.append(f"{key}: not in the resumed run's config {_OTHER_RUN}")
@@ -228,3 +240,16 @@ def resolve_resume_config(
     if problems:
         raise ConfigError(problems)
     return merged
+
+
+def _get_path(tree: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return copy.deepcopy(tree)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = value

@@ -148,7 +148,7 @@ class Run:
             requested = resolve_resume_config(
                 requested,
                 rename_stored_keys(self.state["config"]),  # a run written before a rename
-                hydra_override_keys(),
+                hydra_override_keys(dotted=True),
                 resumable=resumable,
                 allow_new_keys=allow_new_keys,
             )

@@ -7,9 +7,12 @@ builds the tasks (``TaskSettings``, ``EnvFactory``); ``MetaTrainer`` runs the ou
 (``TaskPool``: its tasks in worker processes; ``MetricWindow``: what a run logs);
 ``run_frozen`` / ``meta_test`` evaluate a frozen meta-optimizer and ``run_meta_test`` writes the
 report of a run's meta-test; ``batched_inner_step`` is one inner update of a stack of
-same-architecture tasks at once (``torch.func.vmap``). See docs/meta.md.
+same-architecture tasks at once (``torch.func.vmap``). ``cmo_rl.meta.es`` is evolution
+strategies over whole training runs (estimator, rank fitness, a run's score). See docs/meta.md.
 
-Nothing here imports the baseline wing (:mod:`cmo_rl.training`) or the recipes.
+Nothing here imports the baseline wing (:mod:`cmo_rl.training`) or the recipes; the ES program,
+which meta-trains a lambda rule over whole PPO-Lagrangian runs, joins the wings in the program
+layer (:mod:`cmo_rl.meta_es`).
 """
 
 from cmo_rl.meta.batched import BatchedStep, batched_inner_step, data_surrogate
@@ -24,6 +27,14 @@ from cmo_rl.meta.bilevel import (
     meta_objective,
     unroll,
     violation,
+)
+from cmo_rl.meta.es import (
+    EvolutionStrategy,
+    antithetic_noise,
+    centered_ranks,
+    es_gradient,
+    pair_scores,
+    run_fitness,
 )
 from cmo_rl.meta.features import (
     CONSTRAINT_FEATURES,
@@ -72,39 +83,43 @@ from cmo_rl.meta.trainer import (
 )
 
 __all__ = [
-    "CONSTRAINT_FEATURES",
-    "COORDINATE_FEATURES",
-    "META_OPTIMIZERS",
-    "META_OPTIMIZER_KEYS",
-    "PID_GAINS",
-    "TRAINER_KEYS",
     "BatchedStep",
     "BilevelResult",
+    "CONSTRAINT_FEATURES",
+    "COORDINATE_FEATURES",
     "ContextualBanditCMDP",
     "CoordinatewiseLSTM",
     "EnvFactory",
+    "EvolutionStrategy",
     "InnerProblem",
     "InnerRound",
     "LSTMMetaOptimizer",
+    "META_OPTIMIZERS",
+    "META_OPTIMIZER_KEYS",
     "MetaOptimizer",
     "MetaTrainer",
     "MetricWindow",
     "PIDMetaOptimizer",
+    "PID_GAINS",
     "RolloutCMDP",
     "RolloutTaskSampler",
+    "TRAINER_KEYS",
     "TaskOutcome",
     "TaskPool",
     "TaskSettings",
     "UnrollResult",
+    "antithetic_noise",
     "balanced_env_index",
     "batched_inner_step",
     "bilevel_objective",
+    "centered_ranks",
     "constraint_features",
     "coordinate_features",
     "data_surrogate",
     "default_violation_scale",
     "detach_params",
     "env_steps_per_round",
+    "es_gradient",
     "flatten_params",
     "format_meta_test_table",
     "global_rms",
@@ -117,9 +132,11 @@ __all__ = [
     "meta_objective",
     "meta_test",
     "num_coordinates",
+    "pair_scores",
     "params_of",
     "preprocess_gradient",
     "require_grad",
+    "run_fitness",
     "run_frozen",
     "run_meta_test",
     "squash",

@@ -87,7 +87,9 @@ def population_seeds(cfg: DictConfig | dict, *, recipe: str) -> list[int] | None
     return None
 
 
-def _member_runs(cfg: DictConfig, recipe: str, seeds: list[int]) -> list[TrainingRun]:
+def _member_runs(
+    cfg: DictConfig, recipe: str, seeds: list[int], *, distinct_seeds: bool = True
+) -> list[TrainingRun]:
     """One :class:`TrainingRun` per seed: new runs, or the members of a resumed population."""
     requested = OmegaConf.to_container(cfg, resolve=True)
     progress = bool(requested.get("progress", True))
@@ -119,7 +121,7 @@ def _member_runs(cfg: DictConfig, recipe: str, seeds: list[int]) -> list[Trainin
                 [f"resume: the population's newest checkpoints are of different epochs ({where})"]
             )
         return runs
-    if len(set(seeds)) != len(seeds):
+    if distinct_seeds and len(set(seeds)) != len(seeds):
         raise ConfigError([f"seeds: got {seeds}, each seed at most once"])
     return [
         TrainingRun({**requested, "seed": s, "progress": progress and p == 0}, recipe=recipe)
@@ -148,6 +150,7 @@ def train_population(
     make_multiplier: MultiplierFactory,
     update_multiplier: MultiplierUpdate = step_multiplier,
     vectorize: bool = True,
+    distinct_seeds: bool = True,
 ) -> list[Path]:
     """Train one learner per seed of ``cfg.seeds`` (or of the resumed population) in lockstep;
     returns the members' run directories.
@@ -160,6 +163,9 @@ def train_population(
         update_multiplier: as for ``train_lagrangian_ppo``; applied to each learner's module.
         vectorize: vmap collection and update over the learners (``False``: learner after
             learner, bit for bit equal to single-seed runs; for tests).
+        distinct_seeds: refuse a seed listed twice (a user's ``seeds=[0,0]`` is a mistake);
+            ES meta-training runs several rules on one seed (``make_multiplier`` then builds
+            a different multiplier per learner).
 
     Examples:
         >>> import tempfile
@@ -185,7 +191,7 @@ def train_population(
     seeds = population_seeds(cfg, recipe=recipe)
     if not seeds:
         raise ConfigError(["seeds: a population needs at least one seed, e.g. seeds=[0,1,2]"])
-    runs = _member_runs(cfg, recipe, seeds)
+    runs = _member_runs(cfg, recipe, seeds, distinct_seeds=distinct_seeds)
     cfg = runs[0].cfg  # on resume: the stored config (plus allowed changes)
     _check_population_config(cfg)
     seeds = [int(run.cfg.seed) for run in runs]

@@ -5,7 +5,8 @@
 ``pid_lag``) are the same PPO loop and differ only in how :math:`\\lambda` follows the measured
 violation. So the loop lives here, in :func:`train_lagrangian_ppo`, read top to bottom like a
 recipe, and each recipe script passes its multiplier: ``make_multiplier(cfg, device)`` builds it
-(:func:`make_lagrange_multiplier`, :func:`make_pid_multiplier`), ``update_multiplier(multiplier,
+(:func:`make_lagrange_multiplier`, :func:`make_pid_multiplier`,
+:func:`make_learned_multiplier` for ``recipes/meta_lagrangian.py``'s learned rule), ``update_multiplier(multiplier,
 J_C)`` steps it once per epoch and returns its extra metrics (:func:`step_multiplier`, none, by
 default; :func:`pid_update`: the PID's ``train/pid_p``, ``_i``, ``_d``).
 
@@ -30,6 +31,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from cmo_rl.objectives import LagrangeMultiplier, LagrangianPPOLoss, PIDLagrangian
+from cmo_rl.objectives.learned_dual import LearnedLagrangian
 from cmo_rl.seeding import seed_everything
 from cmo_rl.training.collection import finished_episodes
 from cmo_rl.training.onpolicy import (
@@ -52,6 +54,7 @@ from cmo_rl.training.setup import (
 
 __all__ = [
     "make_lagrange_multiplier",
+    "make_learned_multiplier",
     "make_pid_multiplier",
     "pid_update",
     "step_multiplier",
@@ -121,6 +124,42 @@ def make_pid_multiplier(cfg: DictConfig, device: torch.device) -> PIDLagrangian:
         sum_norm=False,
         penalty_max=cfg.lambda_max,
         init_lambda=cfg.init_lambda,
+        device=device,
+    )
+
+
+def make_learned_multiplier(cfg: DictConfig, device: torch.device) -> LearnedLagrangian:
+    """The meta-Lagrangian recipe's multiplier: the learned dual rule ``cfg.rule`` (a shipped
+    name of :mod:`cmo_rl.pretrained`, a rule file or an ES run directory) for this run's
+    ``cost_limit`` and number of epochs; ``rule=null``: a fresh rule, which is PID-Lag with the
+    ``pid_*`` keys (its MLP of ``rule_hidden`` units starts at zero).
+
+    Examples:
+        >>> cfg = DictConfig({"rule": None, "rule_hidden": 4, "cost_limit": 10.0,
+        ...     "pid_kp": 0.1, "pid_ki": 0.01, "pid_kd": 0.01, "pid_d_delay": 2,
+        ...     "pid_delta_p_ema_alpha": 0.9, "pid_delta_d_ema_alpha": 0.5, "lambda_max": 100.0,
+        ...     "init_lambda": 0.001, "total_steps": 400, "steps_per_epoch": 100})
+        >>> rule = make_learned_multiplier(cfg, torch.device("cpu"))
+        >>> rule.horizon, round(float(rule.update(20.0)), 6)  # 4 epochs; = make_pid_multiplier
+        (4, 0.301)
+    """
+    from cmo_rl import pretrained  # the package data of shipped rules
+
+    horizon = max(int(cfg.total_steps) // int(cfg.steps_per_epoch), 1)
+    if cfg.rule:
+        return pretrained.load(cfg.rule, cost_limit=cfg.cost_limit, horizon=horizon, device=device)
+    return LearnedLagrangian(
+        cfg.cost_limit,
+        kp=cfg.pid_kp,
+        ki=cfg.pid_ki,
+        kd=cfg.pid_kd,
+        d_delay=cfg.pid_d_delay,
+        delta_p_ema_alpha=cfg.pid_delta_p_ema_alpha,
+        delta_d_ema_alpha=cfg.pid_delta_d_ema_alpha,
+        init_lambda=cfg.init_lambda,
+        lambda_max=cfg.lambda_max,
+        hidden=cfg.rule_hidden,
+        horizon=horizon,
         device=device,
     )
 

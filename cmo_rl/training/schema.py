@@ -23,6 +23,7 @@ __all__ = [
     "COMMON",
     "CPO",
     "LAGRANGE",
+    "LEARNED",
     "PID",
     "PPO",
     "RULES",
@@ -143,6 +144,21 @@ PID: dict[str, Field] = {
     "pid_delta_d_ema_alpha": Field(float, ge=0, le=1),
     "init_lambda": Field(float, ge=0),
     "lambda_max": Field(float, gt=0),
+}
+
+
+def _readable_rule(value: str) -> bool:
+    from cmo_rl import pretrained  # package data, imported when a rule is named
+
+    pretrained.describe(value)  # raises ValueError naming the problem
+    return True
+
+
+#: The learned dual rule of ``recipes/meta_lagrangian.py`` (a fresh rule starts from ``PID``).
+LEARNED: dict[str, Field] = {
+    **PID,
+    "rule": Field(str, nullable=True, check=_readable_rule),
+    "rule_hidden": Field(int, ge=0),
 }
 
 CPO: dict[str, Field] = {

@@ -16,8 +16,14 @@ from types import ModuleType
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = ("ppo_lagrangian", "pid_lagrangian", "cpo", "ppo")
-RUN_NAMES = {"ppo_lagrangian": "ppo_lag", "pid_lagrangian": "pid_lag", "cpo": "cpo", "ppo": "ppo"}
+RECIPES = ("ppo_lagrangian", "pid_lagrangian", "cpo", "ppo", "meta_lagrangian")
+RUN_NAMES = {
+    "ppo_lagrangian": "ppo_lag",
+    "pid_lagrangian": "pid_lag",
+    "cpo": "cpo",
+    "ppo": "ppo",
+    "meta_lagrangian": "meta_lag",
+}
 
 #: A tiny mock-CMDP run: 4 envs x 25-step episodes, 200 steps per epoch.
 TINY = [

@@ -38,6 +38,8 @@ def test_yaml_and_schema_have_the_same_keys_and_omnisafe_defaults(name):
                            "pid_delta_d_ema_alpha": 0.95, "lambda_max": 100.0},
         "cpo": {"update_iters": 10, "target_kl": 0.01},
         "ppo": {"update_iters": 40, "target_kl": 0.02, "clip_epsilon": 0.2, "lr_decay": True},
+        "meta_lagrangian": {"update_iters": 40, "target_kl": 0.02, "pid_kp": 0.1, "rule": None,
+                            "rule_hidden": 16, "lambda_max": 100.0},
     }[name]  # fmt: skip
     assert {k: plain[k] for k in expected} == expected
 

@@ -17,7 +17,7 @@ from cmo_rl.lifecycle.checkpoint import latest_checkpoint, load_checkpoint
 from cmo_rl.training import lagrangian_ppo
 
 #: Recipes whose loop is :func:`cmo_rl.training.lagrangian_ppo.train_lagrangian_ppo`.
-LAGRANGIAN_PPO = ("ppo_lagrangian", "pid_lagrangian", "ppo")
+LAGRANGIAN_PPO = ("ppo_lagrangian", "pid_lagrangian", "ppo", "meta_lagrangian")
 
 FIVE_EPOCHS = [*TINY, "total_steps=1000", "checkpoint_interval=2"]
 

@@ -14,12 +14,14 @@ _ALGORITHM_COLUMNS = {
     "pid_lagrangian": ["train/loss_objective", "train/pid_p", "train/pid_i", "train/pid_d"],
     "cpo": ["train/cpo_case", "train/cpo_line_search_steps", "train/kl"],
     "ppo": ["train/loss_objective", "train/clip_fraction", "train/kl", "train/entropy"],
+    "meta_lagrangian": ["train/pid_p", "train/pid_i", "train/pid_d", "train/rule_correction"],
 }
 _CHECKPOINT_KEYS = {
     "ppo_lagrangian": {"policy", "value", "cost_value", "multiplier", "optimizer"},
     "pid_lagrangian": {"policy", "value", "cost_value", "multiplier", "optimizer"},
     "cpo": {"policy", "value", "cost_value", "optimizer"},
     "ppo": {"policy", "value", "cost_value", "multiplier", "optimizer"},
+    "meta_lagrangian": {"policy", "value", "cost_value", "multiplier", "optimizer"},
 }
 
 

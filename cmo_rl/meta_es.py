@@ -1,0 +1,379 @@
+"""``cmo meta_algorithm=es``: a learned lambda rule meta-trained by ES over whole PPO-Lag runs.
+
+Each generation, in numbered steps (the maths: :mod:`cmo_rl.meta.es`):
+
+1. ``2 * es.pairs`` members :math:`\\phi \\pm \\sigma\\epsilon_k` around the current rule
+   :math:`\\phi` (a :class:`~cmo_rl.objectives.learned_dual.LearnedLagrangian`);
+2. on every task of ``env_ids``: one population (:func:`cmo_rl.population.train.train_population`)
+   of ``2 * pairs * es.seeds`` PPO-Lagrangian learners, member ``m`` with seed ``s`` driving its
+   multiplier with rule ``m``; every member of the generation runs the same ``es.seeds`` seeds
+   (common random numbers), new ones each generation. The learners are
+   ``recipes/meta_lagrangian.py``'s with ``es.inner`` changed (a cheaper schedule than the
+   test's is allowed); their run directories go under ``<run dir>/generations/<g>/<task>/``;
+3. each run's :func:`~cmo_rl.meta.es.run_fitness` (final penalised return ``mu``, mean
+   violation ``es.nu``), ranked within its task and seed;
+4. one Adam ascent step of :math:`\\phi`; a row of ``metrics.csv`` / TensorBoard (``es/*``:
+   fitness and the members' final return, cost, violation; ``rule/*``: the rule's gains,
+   filters and offset), a checkpoint (every generation: generations are long) and
+   ``rule.pt``, the current rule in the format of :mod:`cmo_rl.pretrained`, which
+   ``recipes/meta_lagrangian.py rule=<run dir>`` trains with.
+
+After the last generation the meta-test (``meta_test.enabled``) trains, on every training task
+and every held-out ``eval_env_ids`` task, the learned rule and the initial one (which is PID-Lag)
+on ``meta_test.seeds`` with the same inner schedule, and writes ``meta_test.csv`` /
+``meta_test.txt``. An interrupted generation is run again on resume (in new run directories:
+nothing written is rewritten).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cmo_rl.config import ConfigError, TrackedConfig
+from cmo_rl.lifecycle import Run
+from cmo_rl.meta.es import EvolutionStrategy, run_fitness
+from cmo_rl.objectives.learned_dual import (
+    LearnedLagrangian,
+    learned_update,
+    rule_vector,
+    set_rule_vector,
+)
+
+__all__ = ["ES_CHECKPOINT_ENTRIES", "evaluate_rules", "inner_config", "initial_rule", "train_es"]
+
+#: What an ES checkpoint holds besides the lifecycle's entries.
+ES_CHECKPOINT_ENTRIES = ("es_state", "initial_rule")
+#: The run-directory name of the members' runs (the meta-Lagrangian recipe's).
+MEMBER_RECIPE = "meta_lag"
+
+
+def inner_config(c: Mapping[str, Any]) -> DictConfig:
+    """The members' recipe config: ``recipes/config/meta_lagrangian.yaml`` with ``es.inner``
+    changed and ``cmo``'s ``cost_limit``, ``episode_length``, ``torch_threads`` (on CPU, one
+    process: a population).
+
+    Examples:
+        >>> c = {"es": {"inner": {"total_steps": 1000, "steps_per_epoch": 100}, "rule_hidden": 4},
+        ...      "cost_limit": 10.0, "episode_length": 25, "torch_threads": 1}
+        >>> inner = inner_config(c)
+        >>> inner.total_steps, inner.cost_limit, inner.rule_hidden, inner.pid_kp
+        (1000, 10.0, 4, 0.1)
+    """
+    from cmo_rl.meta_baselines import recipe_defaults
+    from cmo_rl.training.schema import LEARNED, PPO, RULES, recipe_schema
+
+    base = recipe_defaults("meta_lagrangian", needed_by="meta_algorithm=es")
+    inner = {key: c["es"]["inner"][key] for key in c["es"]["inner"]}
+    unknown = sorted(set(inner) - set(base))
+    if unknown:
+        raise ConfigError(
+            [f"es.inner: {unknown} are not keys of recipes/config/meta_lagrangian.yaml"]
+        )
+    cfg = OmegaConf.merge(
+        base,
+        inner,
+        {
+            "cost_limit": float(c["cost_limit"]),
+            "episode_length": int(c["episode_length"]),
+            "torch_threads": int(c["torch_threads"]),
+            "device": "cpu",
+            "progress": False,
+            "rule": None,
+            "rule_hidden": int(c["es"]["rule_hidden"]),
+        },
+    )
+    from cmo_rl.config import validate_config
+
+    try:
+        validate_config(cfg, recipe_schema(PPO, LEARNED), RULES)
+    except ConfigError as err:
+        raise ConfigError([f"es.inner: {p}" for p in err.problems]) from None
+    return cfg
+
+
+def initial_rule(inner: DictConfig) -> LearnedLagrangian:
+    """The rule ES starts from: PID-Lag with the recipe's ``pid_*`` keys, a zero MLP.
+
+    Examples:
+        >>> c = {"es": {"inner": {"total_steps": 1000, "steps_per_epoch": 100}, "rule_hidden": 4},
+        ...      "cost_limit": 10.0, "episode_length": 25, "torch_threads": 1}
+        >>> rule = initial_rule(inner_config(c))
+        >>> rule.hidden, rule.horizon, round(float(rule.gains[0]), 6)
+        (4, 10, 0.1)
+    """
+    from cmo_rl.training.lagrangian_ppo import make_learned_multiplier
+
+    return make_learned_multiplier(inner, torch.device("cpu"))
+
+
+def _one_after_another(rules: Sequence[LearnedLagrangian]) -> Callable[..., LearnedLagrangian]:
+    """A ``make_multiplier`` that hands out ``rules`` in order, one per learner."""
+    queue = list(rules)
+
+    def make(cfg: DictConfig, device: torch.device) -> LearnedLagrangian:
+        if not queue:
+            raise RuntimeError("more learners than rules")
+        return queue.pop(0).to(device)
+
+    return make
+
+
+def evaluate_rules(
+    rules: Sequence[LearnedLagrangian],
+    *,
+    task: str,
+    seeds: Sequence[int],
+    inner: DictConfig,
+    root: Path,
+    mu: float,
+    nu: float,
+    log: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Train one PPO-Lagrangian learner per ``(rule, seed)`` on ``task`` as one population
+    (rule-major order: rule 0 with every seed, then rule 1, ...); returns one row per learner:
+    ``rule`` (index), ``seed``, ``run_dir`` and :func:`~cmo_rl.meta.es.run_fitness`'s values.
+    The members' own messages go to ``log`` (default: ``root/members.log``).
+
+    Examples:
+        >>> import tempfile
+        >>> c = {"es": {"inner": {"total_steps": 100, "steps_per_epoch": 100, "num_envs": 2,
+        ...      "update_iters": 1}, "rule_hidden": 0}, "cost_limit": 1.0, "episode_length": 25,
+        ...      "torch_threads": 1}
+        >>> inner = inner_config(c)
+        >>> rules = [initial_rule(inner), LearnedLagrangian(1.0, offset=5.0, hidden=0)]
+        >>> rows = evaluate_rules(rules, task="MockCMDP-v0", seeds=[3], inner=inner,
+        ...                       root=Path(tempfile.mkdtemp()), mu=1.0, nu=1.0)
+        >>> [(r["rule"], r["seed"]) for r in rows], sorted(rows[0])[:4]
+        ([(0, 3), (1, 3)], ['final_cost', 'final_return', 'fitness', 'mean_violation'])
+    """
+    from cmo_rl.population.train import train_population
+
+    pairs = [(r, s) for r in range(len(rules)) for s in seeds]
+    cfg = OmegaConf.merge(
+        inner,
+        {"env_id": task, "seeds": [s for _, s in pairs], "run_root": str(root), "resume": None},
+    )
+    learners = [LearnedLagrangian(**rules[r].config()) for r, _ in pairs]
+    for learner, (r, _) in zip(learners, pairs):
+        learner.load_state_dict(rules[r].state_dict())
+        learner.horizon = max(int(cfg.total_steps) // int(cfg.steps_per_epoch), 1)
+        learner.reset_state()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(log or root / "members.log", "a") as out, contextlib.redirect_stdout(out):
+        run_dirs = train_population(
+            cfg,
+            recipe=MEMBER_RECIPE,
+            make_multiplier=_one_after_another(learners),
+            update_multiplier=learned_update,
+            distinct_seeds=False,
+        )
+    rows = []
+    for (r, s), run_dir in zip(pairs, run_dirs):
+        score = run_fitness(
+            Path(run_dir) / "metrics.csv", cost_limit=float(cfg.cost_limit), mu=mu, nu=nu
+        )
+        rows.append({"rule": r, "seed": s, "task": task, "run_dir": str(run_dir), **score})
+    return rows
+
+
+def _rule_metrics(rule: LearnedLagrangian) -> dict[str, float]:
+    gains, alphas = rule.gains.detach(), rule.alphas.detach()
+    return {
+        "rule/kp": float(gains[0]),
+        "rule/ki": float(gains[1]),
+        "rule/kd": float(gains[2]),
+        "rule/alpha_p": float(alphas[0]),
+        "rule/alpha_d": float(alphas[1]),
+        "rule/offset": float(rule.offset.detach()),
+    }
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=10,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def train_es(run: Run, c: TrackedConfig) -> Path:
+    """Meta-train the lambda rule with ES inside ``run`` (config ``c``, checked); returns the
+    run directory. See the module docstring for the steps; ``cmo meta_algorithm=es``
+    (:func:`cmo_rl.cli.train`) builds ``run`` and ``c``.
+
+    Examples:
+        >>> import tempfile
+        >>> from cmo_rl.cli import train
+        >>> from cmo_rl.meta_schema import DEFAULT_CONFIG
+        >>> cfg = OmegaConf.load(DEFAULT_CONFIG)
+        >>> _ = cfg.pop("defaults"), cfg.pop("hydra")
+        >>> cfg = OmegaConf.merge(cfg, {"meta_algorithm": "es", "env_ids": ["MockCMDP-v0"],
+        ...     "eval_env_ids": [], "episode_length": 25, "meta_test": {"enabled": False},
+        ...     "es": {"generations": 1, "pairs": 1, "rule_hidden": 2, "inner": {
+        ...         "total_steps": 100, "steps_per_epoch": 100, "num_envs": 2, "update_iters": 1}},
+        ...     "progress": False, "run_root": tempfile.mkdtemp()})
+        >>> run_dir = train(cfg)  # doctest: +ELLIPSIS
+        run directory: .../meta_es/MockCMDP-v0/...
+        generation 1/1: fitness ...
+        finished: ...
+        >>> sorted(p.name for p in run_dir.iterdir())
+        ['checkpoints', 'config.yaml', 'generations', 'metrics.csv', 'rule.pt', 'tensorboard']
+    """
+    from cmo_rl import pretrained
+
+    es_cfg = c.es
+    inner = inner_config(c)
+    tasks = list(c.env_ids)
+    seeds_per_member = int(es_cfg.seeds)
+    es = EvolutionStrategy(
+        sigma=float(es_cfg.sigma), lr=float(es_cfg.lr), pairs=int(es_cfg.pairs), seed=int(c.seed)
+    )
+    mu, nu = float(c.mu), float(es_cfg.nu)
+    rule = initial_rule(inner)
+    initial = rule_vector(rule)
+    state = es.init_state(initial)
+    if run.state is not None:
+        try:
+            state = es.init_state(initial).update_(dict(run.state["es_state"]))
+            initial = run.state["initial_rule"].float()
+            set_rule_vector(rule, state["center"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ConfigError([f"resume: the checkpoint does not fit this config: {err}"]) from None
+    total = int(es_cfg.generations)
+    steps_per_run = (int(inner.total_steps) // int(inner.steps_per_epoch)) * int(
+        inner.steps_per_epoch
+    )
+    provenance = {
+        "command": "cmo " + " ".join(sys.argv[1:]),
+        "tasks": tasks,
+        "cost_limit": float(c.cost_limit),
+        "inner": OmegaConf.to_container(inner, resolve=True),
+        "es": {k: es_cfg[k] for k in ("pairs", "seeds", "sigma", "lr", "nu")},
+        "mu": mu,
+        "commit": _commit(),
+    }
+
+    def save_rule(generation: int) -> None:
+        env_steps = generation * 2 * es.pairs * seeds_per_member * len(tasks) * steps_per_run
+        prov = {**provenance, "generations": generation, "env_steps": env_steps}
+        pretrained.save(rule, run.run_dir / "rule.pt", prov)
+
+    def snapshot() -> None:
+        run.snapshot(
+            int(state["generation"]),
+            {"es_state": state.to_dict(), "initial_rule": initial.clone()},
+        )
+
+    with run.open(progress_total=total, progress_desc=f"meta_es {tasks[0]}", progress_unit="gen"):
+        snapshot()
+        if int(state["generation"]) >= total:
+            run.echo(f"meta-training already complete ({int(state['generation'])} of {total})")
+        while int(state["generation"]) < total:
+            generation, start = int(state["generation"]), time.perf_counter()
+            # 1. the members around the current rule
+            members, noise = es.ask(state)
+            rules = [set_rule_vector(LearnedLagrangian(**rule.config()), m) for m in members]
+            # 2. every member on every task and seed (one population per task)
+            seeds = [
+                (int(c.seed) * 7919 + generation * seeds_per_member + s) % 2**31
+                for s in range(seeds_per_member)
+            ]
+            rows = []
+            for task in tasks:
+                root = run.run_dir / "generations" / f"{generation:04d}" / task
+                rows += evaluate_rules(
+                    rules, task=task, seeds=seeds, inner=inner, root=root, mu=mu, nu=nu
+                )
+            frame = pd.DataFrame(rows)
+            frame.to_csv(
+                run.run_dir / "generations" / f"{generation:04d}" / "fitness.csv", index=False
+            )
+            # 3. fitness [2n, tasks x seeds] -> 4. one ascent step of the rule
+            fitness = torch.tensor(
+                frame.pivot_table(index="rule", columns=["task", "seed"], values="fitness")
+                .sort_index()
+                .to_numpy(),
+                dtype=torch.float32,
+            )
+            state = es.tell(state, noise, fitness)
+            set_rule_vector(rule, state["center"])
+            row = {
+                "es/fitness_mean": float(frame["fitness"].mean()),
+                "es/fitness_max": float(frame["fitness"].max()),
+                "es/final_return": float(frame["final_return"].mean()),
+                "es/final_cost": float(frame["final_cost"].mean()),
+                "es/mean_violation": float(frame["mean_violation"].mean()),
+                "es/step_norm": float((state["center"] - members.mean(0)).norm()),
+                **_rule_metrics(rule),
+                "meta/env_steps": (generation + 1) * len(rows) * steps_per_run,
+                "time/generation": time.perf_counter() - start,
+                "time/total": run.time_total,
+            }
+            run.logger.log_scalars(row, step=generation + 1)
+            run.logger.update(1)
+            run.echo(
+                f"generation {generation + 1}/{total}: fitness {row['es/fitness_mean']:.4g} "
+                f"(best {row['es/fitness_max']:.4g}), return {row['es/final_return']:.4g}, "
+                f"cost {row['es/final_cost']:.4g}, {row['time/generation']:.0f} s"
+            )
+            snapshot()
+            run.save()
+            save_rule(generation + 1)
+        save_rule(int(state["generation"]))
+        if c.meta_test.enabled:
+            _meta_test(run, c, rule, initial, inner, mu=mu, nu=nu)
+    return run.run_dir
+
+
+def _meta_test(
+    run: Run,
+    c: TrackedConfig,
+    rule: LearnedLagrangian,
+    initial: torch.Tensor,
+    inner: DictConfig,
+    *,
+    mu: float,
+    nu: float,
+) -> None:
+    """The learned and the initial rule (PID-Lag), trained on every task with
+    ``meta_test.seeds``: ``meta_test.csv`` (one row per run) and ``meta_test.txt`` (means)."""
+    start = set_rule_vector(LearnedLagrangian(**rule.config()), initial)
+    labels = {0: "initial (PID-Lag)", 1: "learned"}
+    held_out = list(c.eval_env_ids)
+    rows = []
+    for task in [*c.env_ids, *held_out]:
+        root = run.run_dir / "meta_test" / task
+        for r in evaluate_rules(
+            [start, rule], task=task, seeds=list(c.meta_test.seeds), inner=inner, root=root,
+            mu=mu, nu=nu,
+        ):  # fmt: skip
+            split = "held-out" if task in held_out else "train"
+            rows.append({"rule": labels[r.pop("rule")], "split": split, **r})
+    frame = pd.DataFrame(rows)
+    frame.to_csv(run.run_dir / "meta_test.csv", index=False)
+    table = (
+        frame.groupby(["task", "split", "rule"])[
+            ["fitness", "final_return", "final_cost", "mean_violation"]
+        ]
+        .mean()
+        .round(3)
+        .to_string()
+    )
+    (run.run_dir / "meta_test.txt").write_text(table + "\n")
+    run.echo(f"meta-test ({len(c.meta_test.seeds)} seeds per task):\n{table}")

@@ -1,0 +1,151 @@
+"""Pretrained learned dual rules shipped with the package, and the rule file format.
+
+A rule file (``<name>.pt``) holds a :class:`~cmo_rl.objectives.learned_dual.LearnedLagrangian`'s
+shape (``config``), its meta-parameters (``parameters``; never controller state: a loaded rule
+starts a fresh run) and its ``provenance``: the command, tasks, budget and commit that made it.
+ES meta-training (``cmo meta_algorithm=es``) writes one into its run directory (``rule.pt``);
+copying it here (``cmo_rl/pretrained/``) ships it.
+
+    >>> from cmo_rl import pretrained
+    >>> names = pretrained.available()           # the shipped rules
+    >>> # rule = pretrained.load(names[0], cost_limit=25.0, horizon=50)
+
+``recipes/meta_lagrangian.py rule=<name or path>`` trains PPO-Lagrangian with such a rule.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmo_rl.objectives.learned_dual import LearnedLagrangian
+
+__all__ = ["FORMAT", "PRETRAINED_DIR", "available", "describe", "load", "resolve", "save"]
+
+#: The folder of the shipped rule files (package data).
+PRETRAINED_DIR = Path(__file__).resolve().parent
+#: The ``format`` entry of a rule file.
+FORMAT = "cmo_rl.learned_dual/1"
+
+
+def available() -> list[str]:
+    """The names of the shipped rules (files ``cmo_rl/pretrained/<name>.pt``), sorted.
+
+    Examples:
+        >>> all(isinstance(name, str) for name in available())
+        True
+    """
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """The file of a rule: a shipped name, a rule file, or an ES run directory (its
+    ``rule.pt``); an unknown one is a ``ValueError`` that lists the shipped names.
+
+    Examples:
+        >>> try:
+        ...     resolve("no-such-rule")
+        ... except ValueError as err:
+        ...     print(str(err).split(" (")[0])
+        'no-such-rule' is neither a shipped rule
+    """
+    text = str(name_or_path)
+    if text in available():
+        return PRETRAINED_DIR / f"{text}.pt"
+    path = Path(text).expanduser()
+    if path.is_dir() and (path / "rule.pt").is_file():  # an ES run directory
+        return path / "rule.pt"
+    if path.is_file():
+        return path
+    raise ValueError(
+        f"{text!r} is neither a shipped rule ({', '.join(available()) or 'none shipped'}) "
+        "nor a rule file (a .pt written by `cmo meta_algorithm=es`, or its run directory)"
+    )
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ValueError(f"cannot read {path} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a learned rule file (format {FORMAT!r})")
+    return data
+
+
+def save(rule: LearnedLagrangian, path: str | os.PathLike, provenance: dict[str, Any]) -> Path:
+    """Write ``rule``'s shape, meta-parameters and ``provenance`` to ``path`` (atomically).
+
+    Examples:
+        >>> import tempfile
+        >>> rule = LearnedLagrangian(25.0, hidden=4)
+        >>> path = save(rule, Path(tempfile.mkdtemp()) / "r.pt", {"command": "demo"})
+        >>> describe(path)["provenance"], load(path, cost_limit=10.0).config()["cost_limit"]
+        ({'command': 'demo'}, 10.0)
+    """
+    path = Path(path)
+    data = {
+        "format": FORMAT,
+        "config": rule.config(),
+        "parameters": {k: v.detach().cpu().clone() for k, v in rule.named_parameters()},
+        "provenance": dict(provenance),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def describe(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """A rule file's ``config`` and ``provenance`` (the parameters are not built into a rule).
+
+    Examples:
+        >>> import tempfile
+        >>> path = save(LearnedLagrangian(25.0, hidden=0), Path(tempfile.mkdtemp()) / "r.pt",
+        ...             {"tasks": ["SafetyPointGoal1-v0"]})
+        >>> info = describe(path)
+        >>> info["config"]["hidden"], info["provenance"]["tasks"]
+        (0, ['SafetyPointGoal1-v0'])
+    """
+    data = _read(resolve(name_or_path))
+    return {"config": data["config"], "provenance": data["provenance"]}
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    *,
+    cost_limit: float | None = None,
+    horizon: int | None = None,
+    device: torch.device | str | None = None,
+) -> LearnedLagrangian:
+    """The rule ``name_or_path`` (a shipped name, a rule file or an ES run directory) with a
+    fresh controller state, for a run with ``cost_limit`` and ``horizon`` updates (``None``:
+    the values it was trained with).
+
+    Examples:
+        >>> import tempfile
+        >>> trained = LearnedLagrangian(25.0, offset=0.3, hidden=2)
+        >>> _ = trained.update(40.0)  # controller state: not part of the file
+        >>> path = save(trained, Path(tempfile.mkdtemp()) / "r.pt", {})
+        >>> rule = load(path, cost_limit=10.0, horizon=7)
+        >>> round(float(rule.offset), 3), float(rule.cost_limit), rule.horizon, int(rule.updates)
+        (0.3, 10.0, 7, 0)
+    """
+    path = resolve(name_or_path)
+    data = _read(path)
+    config = dict(data["config"])
+    if cost_limit is not None:
+        config["cost_limit"] = float(cost_limit)
+    if horizon is not None:
+        config["horizon"] = int(horizon)
+    rule = LearnedLagrangian(**config, device=device)
+    missing = {k for k, _ in rule.named_parameters()} ^ set(data["parameters"])
+    if missing:
+        raise ValueError(f"{path} does not match its config (parameters {sorted(missing)})")
+    with torch.no_grad():
+        for key, param in rule.named_parameters():
+            param.copy_(data["parameters"][key])
+    return rule

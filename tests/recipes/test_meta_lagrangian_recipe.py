@@ -1,0 +1,68 @@
+"""``recipes/meta_lagrangian.py``: a fresh rule trains as PID-Lag; ``rule=`` loads a learned one."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from recipe_helpers import TINY, metrics, run_cli, the_run, train
+
+from cmo_rl import pretrained
+from cmo_rl.lifecycle.checkpoint import latest_checkpoint, load_checkpoint
+from cmo_rl.objectives.learned_dual import LearnedLagrangian, rule_vector, set_rule_vector
+
+
+def test_a_fresh_rule_trains_as_pid_lagrangian(tmp_path):
+    """rule=null is PID-Lag: the same lambda every epoch, so the same training (to float32
+    rounding of exp(log K) in the gains)."""
+    pid = metrics(train("pid_lagrangian", [*TINY, f"run_root={tmp_path / 'pid'}"]))
+    fresh = metrics(train("meta_lagrangian", [*TINY, f"run_root={tmp_path / 'meta'}"]))
+    assert (fresh["train/rule_correction"] == 0.0).all()
+    for column in ("train/lambda", "train/episode_cost", "train/episode_return", "train/pid_i"):
+        pd.testing.assert_series_equal(fresh[column], pid[column], rtol=1e-5, atol=1e-6)
+
+
+def test_rule_path_trains_with_that_rule_and_a_bad_rule_is_refused(tmp_path):
+    rule = set_rule_vector(LearnedLagrangian(25.0, hidden=4), torch.linspace(-1, 1, 39))
+    path = pretrained.save(rule, tmp_path / "mine.pt", {"command": "test"})
+    run = train("meta_lagrangian", [*TINY, f"rule={path}", f"run_root={tmp_path / 'runs'}"])
+    state = load_checkpoint(latest_checkpoint(run))["multiplier"]
+    used = LearnedLagrangian(3.0, hidden=4, horizon=3)
+    used.load_state_dict(state)
+    assert torch.equal(rule_vector(used), rule_vector(rule))  # the file's meta-parameters
+    assert float(used.cost_limit) == 3.0 and used.horizon == 3  # this run's limit and epochs
+
+    (tmp_path / "broken.pt").write_bytes(b"not a rule")
+    out = run_cli("meta_lagrangian", [*TINY, f"rule={tmp_path / 'broken.pt'}",
+                                      f"run_root={tmp_path / 'bad'}"], cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "rule:" in out.stderr and "broken.pt" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_population_of_a_learned_rule(tmp_path):
+    rule = set_rule_vector(LearnedLagrangian(25.0, hidden=0), torch.tensor(
+        [-1.0, -3.0, -3.0, 2.0, 2.0, 0.7]))  # fmt: skip
+    path = pretrained.save(rule, tmp_path / "r.pt", {})
+    runs = train("meta_lagrangian", [*TINY, f"rule={path}", "seeds=[0,1]",
+                                     f"run_root={tmp_path / 'runs'}"])  # fmt: skip
+    assert len(runs) == 2
+    for run in runs:
+        df = metrics(run)
+        assert df["step"].tolist() == [200, 400, 600]
+        assert df["train/lambda"].iloc[0] == pytest.approx(
+            df["train/pid_p"].iloc[0] + df["train/pid_i"].iloc[0] + df["train/pid_d"].iloc[0] + 0.7,
+            abs=1e-5,
+        )
+
+
+def test_shipped_rules_load():
+    for name in pretrained.available():
+        info = pretrained.describe(name)["provenance"]
+        assert {"command", "tasks", "env_steps", "commit"} <= set(info), name
+        assert isinstance(pretrained.load(name, cost_limit=25.0, horizon=50), LearnedLagrangian)
+
+
+def test_the_run_helper_finds_meta_lag(tmp_path):
+    train("meta_lagrangian", [*TINY, "total_steps=200", f"run_root={tmp_path}"])
+    assert the_run(tmp_path, "meta_lagrangian").parent.name == "MockCMDP-v0"
