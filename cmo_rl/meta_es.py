@@ -95,7 +95,8 @@ def inner_config(c: Mapping[str, Any]) -> DictConfig:
     from cmo_rl.config import validate_config
 
     try:
-        validate_config(cfg, recipe_schema(PPO, LEARNED), RULES)
+        # as the members run it: one population (``seeds`` is set per generation)
+        validate_config(OmegaConf.merge(cfg, {"seeds": [0]}), recipe_schema(PPO, LEARNED), RULES)
     except ConfigError as err:
         raise ConfigError([f"es.inner: {p}" for p in err.problems]) from None
     return cfg
