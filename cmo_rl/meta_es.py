@@ -312,7 +312,7 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
                 .to_numpy(),
                 dtype=torch.float32,
             )
-            state = es.tell(state, noise, fitness)
+            before, state = state["center"], es.tell(state, noise, fitness)
             set_rule_vector(rule, state["center"])
             row = {
                 "es/fitness_mean": float(frame["fitness"].mean()),
@@ -320,7 +320,7 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
                 "es/final_return": float(frame["final_return"].mean()),
                 "es/final_cost": float(frame["final_cost"].mean()),
                 "es/mean_violation": float(frame["mean_violation"].mean()),
-                "es/step_norm": float((state["center"] - members.mean(0)).norm()),
+                "es/step_norm": float((state["center"] - before).norm()),
                 **_rule_metrics(rule),
                 "meta/env_steps": (generation + 1) * len(rows) * steps_per_run,
                 "time/generation": time.perf_counter() - start,
@@ -336,7 +336,6 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
             snapshot()
             run.save()
             save_rule(generation + 1)
-        save_rule(int(state["generation"]))
         if c.meta_test.enabled:
             _meta_test(run, c, rule, initial, inner, mu=mu, nu=nu)
     return run.run_dir

@@ -42,7 +42,11 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
-from cmo_rl.objectives.multipliers import _episode_cost_tensor, _Multiplier
+from cmo_rl.objectives.multipliers import (
+    _episode_cost_tensor,
+    _Multiplier,
+    pid_lagrangian_step,
+)
 
 __all__ = ["LearnedLagrangian", "learned_update", "rule_vector", "set_rule_vector"]
 
@@ -216,12 +220,14 @@ class LearnedLagrangian(_Multiplier):
         d = self.cost_limit
         kp, ki, kd = self.gains.unbind(0)
         alpha_p, alpha_d = self.alphas.unbind(0)
-        delta = episode_cost - d
-        integral = (state["integral"] + ki * delta).clamp_min(0.0)
-        delta_p = alpha_p * state["delta_p"] + (1.0 - alpha_p) * delta
-        cost_d = alpha_d * state["cost_d"] + (1.0 - alpha_d) * episode_cost
-        history, index = state["cost_d_history"], state["history_index"]
-        derivative = (cost_d - history.gather(0, index.reshape(1)).squeeze(0)).clamp_min(0.0)
+        # PID-Lag's state transition (I, P, C, the C history), with learnable filters
+        pid = pid_lagrangian_step(
+            state, episode_cost, cost_limit=d, kp=kp, ki=ki, kd=kd, delta_p_ema_alpha=alpha_p,
+            delta_d_ema_alpha=alpha_d, sum_norm=False, penalty_max=self.lambda_max,
+        )  # fmt: skip
+        delta, integral, delta_p = episode_cost - d, pid["integral"], pid["delta_p"]
+        oldest = state["cost_d_history"].gather(0, state["history_index"].reshape(1)).squeeze(0)
+        derivative = (pid["cost_d"] - oldest).clamp_min(0.0)
         terms = {"pid_p": kp * delta_p, "pid_i": integral, "pid_d": kd * derivative}
         correction = torch.zeros_like(delta)
         if self.correction is not None:
@@ -238,15 +244,8 @@ class LearnedLagrangian(_Multiplier):
             correction = self.correction(x).squeeze(-1)
         terms["correction"] = correction
         penalty = terms["pid_p"] + integral + terms["pid_d"] + self.offset + correction
-        slots = torch.arange(history.shape[0], device=history.device)
-        new = TensorDict(
-            integral=integral,
-            delta_p=delta_p,
-            cost_d=cost_d,
-            multiplier=penalty.clamp(0.0, self.lambda_max),
-            cost_d_history=torch.where(slots == index, cost_d, history),
-            history_index=(index + 1) % history.shape[0],
-            updates=state["updates"] + 1,
+        new = pid.update(
+            {"multiplier": penalty.clamp(0.0, self.lambda_max), "updates": state["updates"] + 1}
         )
         return new, terms
 
