@@ -28,7 +28,6 @@ nothing written is rewritten).
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -199,20 +198,6 @@ def _rule_metrics(rule: LearnedLagrangian) -> dict[str, float]:
     }
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-            timeout=10,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def train_es(run: Run, c: TrackedConfig) -> Path:
     """Meta-train the lambda rule with ES inside ``run`` (config ``c``, checked); returns the
     run directory. See the module docstring for the steps; ``cmo meta_algorithm=es``
@@ -267,7 +252,7 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
         "inner": OmegaConf.to_container(inner, resolve=True),
         "es": {k: es_cfg[k] for k in ("pairs", "seeds", "sigma", "lr", "nu")},
         "mu": mu,
-        "commit": _commit(),
+        "commit": pretrained.current_commit(),
     }
 
     def save_rule(generation: int) -> None:

@@ -13,6 +13,12 @@ population engine with ``seeds=[...]``); only the multiplier differs. Each epoch
 2. GAE on reward and on cost gives :math:`A_R, A_C` and the critics' targets;
 3. ``update_iters`` passes of minibatch PPO on :math:`A_L = (A_R - \\lambda A_C) / (1 + \\lambda)`.
 
+With ``meta_lr > 0`` the rule also learns *online* (MetaL-style, :mod:`cmo_rl.meta.online`):
+before step 1 of each epoch its meta-parameters take one Adam step along the meta-gradient of
+this batch's :math:`J_R - \\mu (J_C - d)^+` (``mu``) through the previous epoch's
+:math:`\\lambda`; the run directory then gets the rule it ended with (``rule.pt``, usable as
+``rule=<run dir>``). Online learning runs one seed per process (``seeds=null``).
+
 ``rule=`` names a shipped rule (:func:`cmo_rl.pretrained.available`), a rule file or the run
 directory of an ES meta-training (``cmo meta_algorithm=es``); ``rule=null`` is a fresh rule,
 which equals PID-Lag. Config: ``recipes/config/meta_lagrangian.yaml``; run directory layout,
@@ -28,6 +34,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cmo_rl.lifecycle import accept_renamed_keys, run_cli
+from cmo_rl.meta_online import export_rule, make_rule_learner
 from cmo_rl.objectives.learned_dual import learned_update
 from cmo_rl.population.train import train_seeds
 from cmo_rl.training.lagrangian_ppo import make_learned_multiplier
@@ -39,13 +46,19 @@ SCHEMA = recipe_schema(PPO, LEARNED)
 
 def train(cfg: DictConfig) -> Path | list[Path]:
     """Train PPO-Lagrangian with the learned rule of ``cfg`` (validated); returns the run
-    directory (one per seed with ``seeds=[...]``)."""
-    return train_seeds(
+    directory (one per seed with ``seeds=[...]``). With ``meta_lr > 0`` the rule learns online
+    and the run directory gets the rule it ended with (``rule.pt``)."""
+    online = float(cfg.meta_lr) > 0
+    run_dir = train_seeds(
         cfg,
         recipe="meta_lag",
         make_multiplier=make_learned_multiplier,
         update_multiplier=learned_update,
+        make_rule_learner=make_rule_learner if online else None,
     )
+    if online:
+        print(f"learned rule: {export_rule(run_dir)}")
+    return run_dir
 
 
 @accept_renamed_keys

@@ -54,6 +54,7 @@ from cmo_rl.training.collection import finished_episodes
 from cmo_rl.training.lagrangian_ppo import (
     MultiplierFactory,
     MultiplierUpdate,
+    RuleLearnerFactory,
     step_multiplier,
     train_lagrangian_ppo,
 )
@@ -319,11 +320,13 @@ def train_seeds(
     recipe: str,
     make_multiplier: MultiplierFactory,
     update_multiplier: MultiplierUpdate = step_multiplier,
+    make_rule_learner: RuleLearnerFactory | None = None,
 ) -> Path | list[Path]:
     """What a PPO-family recipe runs: :func:`train_population` when ``cfg`` asks for a
     population (:func:`population_seeds`), else the single-seed
     :func:`~cmo_rl.training.lagrangian_ppo.train_lagrangian_ppo`. Returns the run directory
-    (a list of them for a population).
+    (a list of them for a population). An online rule learner (``make_rule_learner``) runs
+    only in a single-seed run (a ``ValueError`` with a population).
 
     Examples:
         >>> import tempfile
@@ -350,9 +353,15 @@ def train_seeds(
         (True, 2)
     """
     if population_seeds(cfg, recipe=recipe) is not None:
+        if make_rule_learner is not None:
+            raise ValueError("an online rule learner runs one seed at a time, not a population")
         return train_population(
             cfg, recipe=recipe, make_multiplier=make_multiplier, update_multiplier=update_multiplier
         )
     return train_lagrangian_ppo(
-        cfg, recipe=recipe, make_multiplier=make_multiplier, update_multiplier=update_multiplier
+        cfg,
+        recipe=recipe,
+        make_multiplier=make_multiplier,
+        update_multiplier=update_multiplier,
+        make_rule_learner=make_rule_learner,
     )

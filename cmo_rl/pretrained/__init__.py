@@ -16,6 +16,7 @@ copying it here (``cmo_rl/pretrained/``) ships it.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,16 @@ import torch
 
 from cmo_rl.objectives.learned_dual import LearnedLagrangian
 
-__all__ = ["FORMAT", "PRETRAINED_DIR", "available", "describe", "load", "resolve", "save"]
+__all__ = [
+    "FORMAT",
+    "PRETRAINED_DIR",
+    "available",
+    "current_commit",
+    "describe",
+    "load",
+    "resolve",
+    "save",
+]
 
 #: The folder of the shipped rule files (package data).
 PRETRAINED_DIR = Path(__file__).resolve().parent
@@ -64,6 +74,26 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         f"{text!r} is neither a shipped rule ({', '.join(available()) or 'none shipped'}) "
         "nor a rule file (a .pt written by `cmo meta_algorithm=es`, or its run directory)"
     )
+
+
+def current_commit() -> str:
+    """The git commit of this checkout (for a rule's provenance); ``"unknown"`` outside git.
+
+    Examples:
+        >>> len(current_commit()) in (40, len("unknown"))
+        True
+    """
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=PRETRAINED_DIR,
+            timeout=10,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -12,22 +12,26 @@ default; :func:`pid_update`: the PID's ``train/pid_p``, ``_i``, ``_d``).
 
 Each epoch, on a fresh batch of ``steps_per_epoch`` env steps:
 
-1. the multiplier is updated from the *measured* mean cost :math:`J_C` of the episodes that
+1. GAE on reward and on cost gives :math:`A_R, A_C` and the critics' targets;
+2. the multiplier is updated from the *measured* mean cost :math:`J_C` of the episodes that
    finished in the batch (``train/violation`` is :math:`J_C - d`, ``train/lambda`` the new
-   :math:`\\lambda`);
-2. GAE on reward and on cost gives :math:`A_R, A_C` and the critics' targets;
-3. ``update_iters`` passes of minibatch PPO on the penalised advantage
-   :math:`A_L = (A_R - \\lambda A_C) / (1 + \\lambda)` plus both critic losses, stopping early
-   when :math:`KL(\\pi_{old} \\| \\pi_\\theta) >` ``target_kl``.
+   :math:`\\lambda`); with an online rule learner (``make_rule_learner``, e.g.
+   :class:`cmo_rl.meta.online.OnlineRuleLearner`) the rule first takes its meta-gradient step,
+   which reads this batch's raw advantages;
+3. the advantages are normalised over the batch, then ``update_iters`` passes of minibatch PPO
+   on the penalised advantage :math:`A_L = (A_R - \\lambda A_C) / (1 + \\lambda)` plus both
+   critic losses, stopping early when :math:`KL(\\pi_{old} \\| \\pi_\\theta) >` ``target_kl``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from omegaconf import DictConfig
+from tensordict import TensorDictBase
 from torch import nn
 
 from cmo_rl.objectives import LagrangeMultiplier, LagrangianPPOLoss, PIDLagrangian
@@ -40,6 +44,7 @@ from cmo_rl.training.onpolicy import (
     linear_lr,
     make_optimizer,
     minibatch_epochs,
+    normalize_batch_advantages,
     set_lr,
     train_metrics,
 )
@@ -65,6 +70,26 @@ __all__ = [
 MultiplierFactory = Callable[[DictConfig, torch.device], nn.Module]
 #: ``update_multiplier(multiplier, episode_cost)``: one update on :math:`J_C`, extra metrics.
 MultiplierUpdate = Callable[[nn.Module, float], dict[str, float]]
+
+
+class RuleLearner(Protocol):
+    """What ``make_rule_learner`` returns: a module (checkpointed as ``rule_learner``) with an
+    ``optimizer`` (checkpointed as ``rule_optimizer``) whose ``update(batch, J_C,
+    update_multiplier)`` replaces the epoch's multiplier update (e.g.
+    :class:`cmo_rl.meta.online.OnlineRuleLearner`)."""
+
+    optimizer: torch.optim.Optimizer
+
+    def update(
+        self, batch: TensorDictBase, episode_cost: float, update_multiplier: MultiplierUpdate
+    ) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict: ...
+
+
+#: ``make_rule_learner(cfg, multiplier, actor)``: the online learner of the multiplier's rule,
+#: or ``None`` (the rule stays as built).
+RuleLearnerFactory = Callable[[DictConfig, nn.Module, nn.Module], "RuleLearner | None"]
 
 
 def step_multiplier(multiplier: nn.Module, episode_cost: float) -> dict[str, float]:
@@ -191,6 +216,7 @@ def train_lagrangian_ppo(
     recipe: str,
     make_multiplier: MultiplierFactory,
     update_multiplier: MultiplierUpdate = step_multiplier,
+    make_rule_learner: RuleLearnerFactory | None = None,
 ) -> Path:
     """Train PPO on the Lagrangian advantage with ``cfg`` (validated); returns the run directory.
 
@@ -202,6 +228,9 @@ def train_lagrangian_ppo(
             resume) on the policy's device; it is checkpointed as ``multiplier``.
         update_multiplier: one multiplier step on the epoch's mean episode cost :math:`J_C`
             (only in epochs where episodes finished); its dict is logged with the epoch.
+        make_rule_learner: builds the online learner of the multiplier's rule (see
+            :class:`RuleLearner`) from the config, the multiplier and the actor; ``None`` (or a
+            factory that returns ``None``): the rule stays as built.
 
     Metric names and run layout: ``docs/metrics.md``.
 
@@ -253,31 +282,34 @@ def train_lagrangian_ppo(
     optimizer = make_optimizer(
         {"actor": actor, "critic": critic, "cost_critic": cost_critic}, cfg.lr
     )
+    learner = make_rule_learner(cfg, multiplier, actor) if make_rule_learner else None
     collector = make_run_collector(run, env, actor, device)
-    run.attach(
-        env,
-        eval_env,
-        policy=actor,
-        modules={"value": critic, "cost_value": cost_critic, "multiplier": multiplier},
-        optimizers={"optimizer": optimizer},
-    )
+    modules = {"value": critic, "cost_value": cost_critic, "multiplier": multiplier}
+    optimizers = {"optimizer": optimizer}
+    if learner is not None:
+        modules["rule_learner"], optimizers["rule_optimizer"] = learner, learner.optimizer
+    run.attach(env, eval_env, policy=actor, modules=modules, optimizers=optimizers)
 
     with run:
         for batch in run.batches(collector):
-            # 1. multiplier update on the measured mean episode cost J_C
+            # 1. advantages and value targets for reward and cost (raw: normalised in step 3)
+            compute_advantages(batch, gae, cost_gae, normalize=False)
+
+            # 2. multiplier update on the measured mean episode cost J_C
             episodes = finished_episodes(batch)
             metrics = episodes.metrics("train")
             if episodes.count:
                 episode_cost = metrics["train/episode_cost"]
-                extra = update_multiplier(multiplier, episode_cost)
+                if learner is not None:  # the rule's meta-step, then its step
+                    extra = learner.update(batch, episode_cost, update_multiplier)
+                else:
+                    extra = update_multiplier(multiplier, episode_cost)
                 metrics["train/violation"] = episode_cost - cfg.cost_limit
                 metrics.update(extra)
             metrics["train/lambda"] = multiplier.value
 
-            # 2. advantages and value targets for reward and cost
-            compute_advantages(batch, gae, cost_gae)
-
             # 3. PPO passes on A_L = (A_R - lambda A_C) / (1 + lambda) with KL early stop
+            normalize_batch_advantages(batch)
             lr = linear_lr(cfg.lr, run.epoch, run.num_epochs) if cfg.lr_decay else cfg.lr
             set_lr(optimizer, lr, group="actor")
             flat = batch.reshape(-1).select(*loss_module.in_keys)

@@ -32,6 +32,7 @@ __all__ = [
     "linear_lr",
     "make_optimizer",
     "minibatch_epochs",
+    "normalize_batch_advantages",
     "set_lr",
     "train_metrics",
 ]
@@ -63,12 +64,24 @@ def compute_advantages(
     with torch.no_grad():
         gae(batch)
         cost_gae(batch)
-        if normalize:
-            advantage, cost_advantage = normalize_advantages(
-                batch.get("advantage"), batch.get("cost_advantage")
-            )
-            batch.set("advantage", advantage)
-            batch.set("cost_advantage", cost_advantage)
+    return normalize_batch_advantages(batch) if normalize else batch
+
+
+def normalize_batch_advantages(batch: TensorDictBase) -> TensorDictBase:
+    """Replace ``batch``'s ``advantage`` and ``cost_advantage`` (in place) by
+    :func:`~cmo_rl.objectives.normalize_advantages` over the whole batch.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> td = TensorDict(advantage=torch.tensor([1.0, 3.0]), cost_advantage=torch.tensor([1.0, 3.0]))
+        >>> normalize_batch_advantages(td)["cost_advantage"]  # centred, not scaled
+        tensor([-1.,  1.])
+    """
+    advantage, cost_advantage = normalize_advantages(
+        batch.get("advantage"), batch.get("cost_advantage")
+    )
+    batch.set("advantage", advantage)
+    batch.set("cost_advantage", cost_advantage)
     return batch
 
 

@@ -66,3 +66,11 @@ def test_shipped_rules_load():
 def test_the_run_helper_finds_meta_lag(tmp_path):
     train("meta_lagrangian", [*TINY, "total_steps=200", f"run_root={tmp_path}"])
     assert the_run(tmp_path, "meta_lagrangian").parent.name == "MockCMDP-v0"
+
+
+def test_an_online_rule_runs_one_seed_per_process(tmp_path):
+    out = run_cli("meta_lagrangian", [*TINY, "meta_lr=0.01", "seeds=[0,1]",
+                                      f"run_root={tmp_path / 'runs'}"], cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "meta_lr:" in out.stderr and "seeds=null" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()

@@ -182,3 +182,30 @@ def test_resume_from_the_command_line_needs_only_the_run_and_the_new_budget(tmp_
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert metrics(run)["step"].tolist() == [200, 400, 600, 800]
+
+
+def test_online_rule_resumes_exactly_and_writes_the_rule_it_ended_with(tmp_path, monkeypatch):
+    """meta_lr > 0: the rule's meta-parameters, its Adam and the pending record of the last
+    epoch are in the checkpoint, so Ctrl-C + resume equals the uninterrupted run."""
+    from cmo_rl import pretrained
+    from cmo_rl.objectives.learned_dual import rule_vector
+
+    name, online = "meta_lagrangian", ["meta_lr=0.05", "rule_hidden=4", "mu=5.0"]
+    full = train(name, [*FIVE_EPOCHS, *online, f"run_root={tmp_path / 'full'}"])
+    meta_grad = metrics(full)["train/rule_meta_grad"]
+    assert meta_grad.isna().tolist() == [True, False, False, False, False]  # from epoch 2 on
+    with monkeypatch.context() as patch:
+        _interrupt_update(patch, name, at_call=4)
+        with pytest.raises(KeyboardInterrupt):
+            train(name, [*FIVE_EPOCHS, *online, f"run_root={tmp_path / 'cut'}"])
+    cut = the_run(tmp_path / "cut", name)
+    assert not (cut / "rule.pt").exists()  # written when the run completes
+    resumed = train(name, [*FIVE_EPOCHS, *online, f"run_root={tmp_path / 'cut'}", f"resume={cut}"])
+    pd.testing.assert_frame_equal(metrics(resumed), metrics(full))
+
+    learned, again = pretrained.load(full), pretrained.load(resumed)  # rule=<run dir> works
+    assert torch.equal(rule_vector(learned), rule_vector(again))
+    assert pretrained.describe(full)["provenance"]["env_steps"] == 1000
+    # the run moved the rule away from where it started (PID-Lag's gains, zero offset)
+    start = torch.tensor([0.1, 0.01, 0.01]).log()
+    assert not torch.allclose(rule_vector(learned)[:3], start, atol=1e-4)
