@@ -8,7 +8,9 @@ builds the tasks (``TaskSettings``, ``EnvFactory``); ``MetaTrainer`` runs the ou
 ``run_frozen`` / ``meta_test`` evaluate a frozen meta-optimizer and ``run_meta_test`` writes the
 report of a run's meta-test; ``batched_inner_step`` is one inner update of a stack of
 same-architecture tasks at once (``torch.func.vmap``). ``cmo_rl.meta.es`` is evolution
-strategies over whole training runs (estimator, rank fitness, a run's score). See docs/meta.md.
+strategies over whole training runs (estimator, rank fitness, a run's score);
+``cmo_rl.meta.online`` the online (MetaL-style) meta-gradient of a lambda rule during one run
+(``OnlineRuleLearner``). See docs/meta.md.
 
 Nothing here imports the baseline wing (:mod:`cmo_rl.training`) or the recipes; the ES program,
 which meta-trains a lambda rule over whole PPO-Lagrangian runs, joins the wings in the program
@@ -62,6 +64,13 @@ from cmo_rl.meta.functional import (
 )
 from cmo_rl.meta.lstm import CoordinatewiseLSTM, LSTMMetaOptimizer
 from cmo_rl.meta.metrics import MetricWindow, iteration_metrics, log_line
+from cmo_rl.meta.online import (
+    OnlineRuleLearner,
+    lambda_sensitivity,
+    outer_gradient,
+    penalised_direction,
+    policy_gradients,
+)
 from cmo_rl.meta.pid import PID_GAINS, PIDMetaOptimizer
 from cmo_rl.meta.pool import TaskPool, task_action_seed
 from cmo_rl.meta.problems import ContextualBanditCMDP, RolloutCMDP
@@ -99,6 +108,7 @@ __all__ = [
     "MetaOptimizer",
     "MetaTrainer",
     "MetricWindow",
+    "OnlineRuleLearner",
     "PIDMetaOptimizer",
     "PID_GAINS",
     "RolloutCMDP",
@@ -126,14 +136,18 @@ __all__ = [
     "grad_of",
     "inner_step",
     "iteration_metrics",
+    "lambda_sensitivity",
     "log_line",
     "log_prob_of",
     "make_meta_optimizer",
     "meta_objective",
     "meta_test",
     "num_coordinates",
+    "outer_gradient",
     "pair_scores",
     "params_of",
+    "penalised_direction",
+    "policy_gradients",
     "preprocess_gradient",
     "require_grad",
     "run_fitness",
