@@ -218,11 +218,13 @@ class OnlineRuleLearner(nn.Module):
         self.register_buffer("pending", torch.tensor(False, device=device))
         self.register_buffer("pending_cost", torch.tensor(0.0, device=device))
         self.register_buffer("sensitivity", torch.zeros(size, device=device))
-        for key, value in rule.state().items():
+        state = rule.state()
+        self._state_keys = tuple(state.keys())
+        for key, value in state.items():
             self.register_buffer(f"pending_{key}", torch.zeros_like(value))
 
     def _pending_state(self) -> TensorDict:
-        return TensorDict({k: getattr(self, f"pending_{k}") for k in self.rule.state().keys()})
+        return TensorDict({k: getattr(self, f"pending_{k}") for k in self._state_keys})
 
     def meta_step(self, batch: TensorDictBase, episode_cost: float) -> dict[str, float]:
         """The previous epoch's :math:`\\lambda` scored on this batch (raw advantages): one Adam
