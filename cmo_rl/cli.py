@@ -34,7 +34,9 @@
 
 With ``meta_algorithm=es`` steps 2-5 are :func:`cmo_rl.meta_es.train_es`'s: a learned
 lambda rule meta-trained by evolution strategies over whole PPO-Lagrangian runs, its
-``rule.pt`` in the run directory.
+``rule.pt`` in the run directory; with ``meta_algorithm=online``,
+:func:`cmo_rl.meta_online.train_online`'s: the rule learning online (MetaL-style) through a
+chain of whole runs over ``env_ids``.
 
 Exit codes (:mod:`cmo_rl.lifecycle.entry`): 0 done, 2 bad config (or an unreadable checkpoint
 to resume), 3 non-finite meta-gradient with ``nan_policy=raise``, 130 / 143 Ctrl-C / SIGTERM
@@ -65,10 +67,11 @@ from cmo_rl.lifecycle import (
 from cmo_rl.lifecycle.checkpoint import restore_rng_state
 from cmo_rl.lifecycle.resume import locate_resume
 from cmo_rl.meta_es import ES_CHECKPOINT_ENTRIES, train_es
+from cmo_rl.meta_online import ONLINE_CHECKPOINT_ENTRIES, train_online
 from cmo_rl.meta_schema import CONF_DIR, RESUMABLE_KEYS, SCHEMA, check_meta_config
 from cmo_rl.seeding import seed_everything
 
-__all__ = ["CHECKPOINT_ENTRIES", "main", "train"]
+__all__ = ["CHECKPOINT_ENTRIES", "RULE_PROGRAMS", "main", "train"]
 
 #: What a ``cmo`` checkpoint holds besides the lifecycle's ``step``, ``time_total``, ``rng``
 #: and ``config``: the trainer's state, the initial optimizer and the logging window.
@@ -79,6 +82,13 @@ CHECKPOINT_ENTRIES = (
     "initial_meta_optimizer",
     "window",
 )
+
+#: The meta-algorithms that meta-train a learned lambda rule over whole PPO-Lagrangian runs:
+#: ``meta_algorithm -> (program, its checkpoint entries)``; run directories ``meta_<algorithm>``.
+RULE_PROGRAMS = {
+    "es": (train_es, ES_CHECKPOINT_ENTRIES),
+    "online": (train_online, ONLINE_CHECKPOINT_ENTRIES),
+}
 
 
 def train(
@@ -100,11 +110,11 @@ def train(
     # 1. the effective config (on resume: the stored one plus the allowed changes)
     requested = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     requested = {**requested, "resume": _latest_of_any_type(requested)}
-    es = _resumes_es(requested)
-    entries = ES_CHECKPOINT_ENTRIES if es else CHECKPOINT_ENTRIES
+    algorithm = _resumed_algorithm(requested)
+    entries = RULE_PROGRAMS[algorithm][1] if algorithm in RULE_PROGRAMS else CHECKPOINT_ENTRIES
     run = Run(
         requested,
-        program="meta_es" if es else f"meta_{requested['meta_optimizer_type']}",
+        program=f"meta_{algorithm if algorithm in RULE_PROGRAMS else requested['meta_optimizer_type']}",
         task=lambda c: c["env_ids"][0],
         resumable=RESUMABLE_KEYS,
         check=check_meta_config,
@@ -114,16 +124,13 @@ def train(
     c = TrackedConfig(run.cfg, read=Run.KEYS)
     if tracked is not None:
         tracked.append(c)
-    if c.meta_algorithm == "es":  # a learned lambda rule, ES over whole PPO-Lag runs
-        if c.torch_threads:
-            torch.set_num_threads(int(c.torch_threads))
-        seed_everything(int(c.seed))
-        return train_es(run, c)
-
-    # 2. the trainer (meta-optimizer, task sampler, outer Adam), restored on resume
     if c.torch_threads:
         torch.set_num_threads(int(c.torch_threads))
     seed_everything(int(c.seed))
+    if c.meta_algorithm in RULE_PROGRAMS:  # a learned lambda rule over whole PPO-Lag runs
+        return RULE_PROGRAMS[c.meta_algorithm][0](run, c)
+
+    # 2. the trainer (meta-optimizer, task sampler, outer Adam), restored on resume
     trainer = MetaTrainer.from_config(c)
     initial = copy.deepcopy(trainer.meta_optimizer)
     window = MetricWindow()
@@ -197,27 +204,36 @@ def _latest_of_any_type(requested: Mapping[str, Any]) -> Any:
     from cmo_rl.meta import META_OPTIMIZERS
 
     explicit = hydra_override_keys() or set()
-    programs = [f"meta_{kind}" for kind in META_OPTIMIZERS] + ["meta_es"]
+    programs = [f"meta_{kind}" for kind in (*META_OPTIMIZERS, *RULE_PROGRAMS)]
     if "meta_optimizer_type" in explicit:
         programs = [f"meta_{requested['meta_optimizer_type']}"]
     if "meta_algorithm" in explicit:
-        es = requested.get("meta_algorithm") == "es"
-        programs = [p for p in programs if (p == "meta_es") == es]
+        algorithm = requested.get("meta_algorithm")
+        wanted = f"meta_{algorithm}" if algorithm in RULE_PROGRAMS else None
+        rule_programs = {f"meta_{a}" for a in RULE_PROGRAMS}
+        programs = [
+            p for p in programs if p == wanted or (wanted is None and p not in rule_programs)
+        ]
     runs = [run for program in programs for run in find_runs(requested["run_root"], program)]
     if not runs:
         raise ConfigError([f"resume=latest: there is no cmo run under {requested['run_root']}"])
     return str(max(runs, key=lambda path: path.name))  # timestamp names sort by time
 
 
-def _resumes_es(requested: Mapping[str, Any]) -> bool:
-    """Whether the run to start or continue is an ES run: the requested ``meta_algorithm``,
-    or, with ``resume=``, the program of the resumed run (its run directory's parent)."""
+def _resumed_algorithm(requested: Mapping[str, Any]) -> str:
+    """The meta-algorithm of the run to start or continue: the requested ``meta_algorithm``,
+    or, with ``resume=``, the one of the resumed run (its run directory's program)."""
     if not requested.get("resume"):
-        return requested.get("meta_algorithm") == "es"
+        return str(requested.get("meta_algorithm"))
     run_dir, _ = locate_resume(
         requested["resume"], run_root=requested["run_root"], program="meta_es"
     )
-    return run_dir.parent.parent.name == "meta_es"
+    program = run_dir.parent.parent.name
+    return (
+        program.removeprefix("meta_")
+        if program.removeprefix("meta_") in RULE_PROGRAMS
+        else "bilevel"
+    )
 
 
 def _progress_label(run: Run) -> str:

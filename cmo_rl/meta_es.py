@@ -48,18 +48,29 @@ from cmo_rl.objectives.learned_dual import (
     set_rule_vector,
 )
 
-__all__ = ["ES_CHECKPOINT_ENTRIES", "evaluate_rules", "inner_config", "initial_rule", "train_es"]
+__all__ = [
+    "ES_CHECKPOINT_ENTRIES",
+    "evaluate_rules",
+    "inner_config",
+    "initial_rule",
+    "meta_test_rules",
+    "rule_metrics",
+    "train_es",
+]
 
 #: What an ES checkpoint holds besides the lifecycle's entries.
 ES_CHECKPOINT_ENTRIES = ("es_state", "initial_rule")
 #: The run-directory name of the members' runs (the meta-Lagrangian recipe's).
 MEMBER_RECIPE = "meta_lag"
+#: Recipe keys the programs set for each inner run (``<section>.inner`` may not set them).
+PER_RUN_KEYS = ("env_id", "seed", "seeds", "run_root", "resume", "meta_lr", "mu")
 
 
-def inner_config(c: Mapping[str, Any]) -> DictConfig:
-    """The members' recipe config: ``recipes/config/meta_lagrangian.yaml`` with ``es.inner``
-    changed and ``cmo``'s ``cost_limit``, ``episode_length``, ``torch_threads`` (on CPU, one
-    process: a population).
+def inner_config(c: Mapping[str, Any], section: str = "es") -> DictConfig:
+    """The inner learners' recipe config: ``recipes/config/meta_lagrangian.yaml`` with
+    ``<section>.inner`` changed (``es.inner``, ``online.inner``), the section's ``rule_hidden``
+    and ``cmo``'s ``cost_limit``, ``episode_length``, ``torch_threads``; on CPU, the rule
+    frozen, checked as one population (how the members and the meta-test run it).
 
     Examples:
         >>> c = {"es": {"inner": {"total_steps": 1000, "steps_per_epoch": 100}, "rule_hidden": 4},
@@ -71,33 +82,36 @@ def inner_config(c: Mapping[str, Any]) -> DictConfig:
     from cmo_rl.meta_baselines import recipe_defaults
     from cmo_rl.training.schema import LEARNED, PPO, RULES, recipe_schema
 
-    base = recipe_defaults("meta_lagrangian", needed_by="meta_algorithm=es")
-    inner = {key: c["es"]["inner"][key] for key in c["es"]["inner"]}
+    base = recipe_defaults("meta_lagrangian", needed_by=f"meta_algorithm={section}")
+    inner = {key: c[section]["inner"][key] for key in c[section]["inner"]}
+    own = {
+        "cost_limit": float(c["cost_limit"]),
+        "episode_length": int(c["episode_length"]),
+        "torch_threads": int(c["torch_threads"]),
+        "device": "cpu",
+        "progress": False,
+        "rule": None,
+        "rule_hidden": int(c[section]["rule_hidden"]),
+    }
     unknown = sorted(set(inner) - set(base))
+    taken = sorted(set(inner) & (set(own) | set(PER_RUN_KEYS)))
+    problems = []
     if unknown:
-        raise ConfigError(
-            [f"es.inner: {unknown} are not keys of recipes/config/meta_lagrangian.yaml"]
+        problems.append(
+            f"{section}.inner: {unknown} are not keys of recipes/config/meta_lagrangian.yaml"
         )
-    cfg = OmegaConf.merge(
-        base,
-        inner,
-        {
-            "cost_limit": float(c["cost_limit"]),
-            "episode_length": int(c["episode_length"]),
-            "torch_threads": int(c["torch_threads"]),
-            "device": "cpu",
-            "progress": False,
-            "rule": None,
-            "rule_hidden": int(c["es"]["rule_hidden"]),
-        },
-    )
+    if taken:
+        problems.append(f"{section}.inner: {taken} are set by cmo itself (its own keys, per run)")
+    if problems:
+        raise ConfigError(problems)
+    cfg = OmegaConf.merge(base, inner, own)
     from cmo_rl.config import validate_config
 
     try:
         # as the members run it: one population (``seeds`` is set per generation)
         validate_config(OmegaConf.merge(cfg, {"seeds": [0]}), recipe_schema(PPO, LEARNED), RULES)
     except ConfigError as err:
-        raise ConfigError([f"es.inner: {p}" for p in err.problems]) from None
+        raise ConfigError([f"{section}.inner: {p}" for p in err.problems]) from None
     return cfg
 
 
@@ -186,7 +200,13 @@ def evaluate_rules(
     return rows
 
 
-def _rule_metrics(rule: LearnedLagrangian) -> dict[str, float]:
+def rule_metrics(rule: LearnedLagrangian) -> dict[str, float]:
+    """The rule's PID part as ``rule/*`` metrics: gains, filter factors and offset.
+
+    Examples:
+        >>> round(rule_metrics(LearnedLagrangian(25.0, kp=0.2, hidden=0))["rule/kp"], 6)
+        0.2
+    """
     gains, alphas = rule.gains.detach(), rule.alphas.detach()
     return {
         "rule/kp": float(gains[0]),
@@ -306,7 +326,7 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
                 "es/final_cost": float(frame["final_cost"].mean()),
                 "es/mean_violation": float(frame["mean_violation"].mean()),
                 "es/step_norm": float((state["center"] - before).norm()),
-                **_rule_metrics(rule),
+                **rule_metrics(rule),
                 "meta/env_steps": (generation + 1) * len(rows) * steps_per_run,
                 "time/generation": time.perf_counter() - start,
                 "time/total": run.time_total,
@@ -322,11 +342,11 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
             run.save()
             save_rule(generation + 1)
         if c.meta_test.enabled:
-            _meta_test(run, c, rule, initial, inner, mu=mu, nu=nu)
+            meta_test_rules(run, c, rule, initial, inner, mu=mu, nu=nu)
     return run.run_dir
 
 
-def _meta_test(
+def meta_test_rules(
     run: Run,
     c: TrackedConfig,
     rule: LearnedLagrangian,

@@ -119,7 +119,7 @@ SCHEMA: dict[str, Any] = {
     "episode_length": Field(int, ge=1),
     "balanced_tasks": Field(bool),
     # meta-training algorithm
-    "meta_algorithm": Field(str, choices=("bilevel", "es")),
+    "meta_algorithm": Field(str, choices=("bilevel", "es", "online")),
     # meta-optimizer
     "meta_optimizer_type": Field(str, choices=("lstm", "pid")),
     "hidden_size": Field(int, ge=1),
@@ -158,6 +158,13 @@ SCHEMA: dict[str, Any] = {
         "rule_hidden": Field(int, ge=0),
         "inner": Field(dict),
     },
+    # online meta-gradient through a chain of runs (meta_algorithm=online)
+    "online": {
+        "passes": Field(int, ge=1),
+        "lr": Field(float, gt=0),
+        "rule_hidden": Field(int, ge=0),
+        "inner": Field(dict),
+    },
     # meta-test
     "eval_episodes": Field(int, ge=0),
     "meta_test": {
@@ -189,6 +196,7 @@ RESUMABLE_KEYS = frozenset(
         "eval_episodes",
         "meta_test",
         "es",  # es.generations extends a run; other es.* keys change its remaining generations
+        "online",  # online.passes extends a chain; other online.* keys change its later links
     }
 )
 
@@ -203,11 +211,13 @@ def _held_out_is_held_out(cfg: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _es_runs_on_cpu(cfg: Mapping[str, Any]) -> list[str]:
-    if cfg["meta_algorithm"] == "es" and str(cfg["device"]) != "cpu":
+def _rule_learners_run_on_cpu(cfg: Mapping[str, Any]) -> list[str]:
+    algorithm = cfg["meta_algorithm"]
+    if algorithm in ("es", "online") and str(cfg["device"]) != "cpu":
         return [
-            f"device: got {cfg['device']!r}; meta_algorithm=es trains its members as one "
-            "population on the CPU (device=cpu)"
+            f"device: got {cfg['device']!r}; meta_algorithm={algorithm} trains its "
+            "PPO-Lagrangian learners (and meta-tests them as one population) on the CPU "
+            "(device=cpu)"
         ]
     return []
 
@@ -215,7 +225,7 @@ def _es_runs_on_cpu(cfg: Mapping[str, Any]) -> list[str]:
 #: The checks that involve several keys, reported with the single-key problems.
 RULES = (
     Rule(("env_ids", "eval_env_ids"), _held_out_is_held_out),
-    Rule(("meta_algorithm", "device"), _es_runs_on_cpu),
+    Rule(("meta_algorithm", "device"), _rule_learners_run_on_cpu),
 )
 
 
@@ -224,7 +234,7 @@ def check_meta_config(cfg: Mapping[str, Any]) -> None:
     single-key and cross-key together.
 
     Cross-key checks: ``eval_env_ids`` must not repeat a training task (a held-out task is
-    held out); ``meta_algorithm=es`` runs on ``device=cpu``.
+    held out); ``meta_algorithm=es`` and ``online`` run on ``device=cpu``.
 
     Examples:
         >>> from omegaconf import OmegaConf

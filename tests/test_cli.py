@@ -319,11 +319,13 @@ def test_every_config_key_is_read_by_the_program(tmp_path):
         ),
         tracked=tracked,
     )
-    es_only = {
+    rule_only = {
         "es.generations", "es.pairs", "es.seeds", "es.sigma", "es.lr", "es.nu", "es.rule_hidden",
+        "online.passes", "online.lr", "online.rule_hidden",
     }  # fmt: skip
     unread = tracked[0].unread()
-    assert {k for k in unread if not k.startswith("es.inner.")} == es_only
+    inner = ("es.inner.", "online.inner.")
+    assert {k for k in unread if not k.startswith(inner)} == rule_only
     train(
         _tiny(
             tmp_path / "es",
@@ -340,20 +342,35 @@ def test_every_config_key_is_read_by_the_program(tmp_path):
         ),
         tracked=tracked,
     )
-    assert unread & tracked[1].unread() == set()
+    train(
+        _tiny(
+            tmp_path / "online",
+            "meta_algorithm=online",
+            "episode_length=25",
+            "online.passes=1",
+            "online.rule_hidden=2",
+            "online.inner.total_steps=200",
+            "online.inner.steps_per_epoch=100",
+            "online.inner.num_envs=2",
+            "online.inner.update_iters=1",
+            "meta_test.seeds=[5]",
+        ),
+        tracked=tracked,
+    )
+    assert unread & tracked[1].unread() & tracked[2].unread() == set()
     # the keys MetaTrainer.from_config gets are the ones its docstring documents
     from cmo_rl.meta import trainer as trainer_module
 
     documented = set(re.findall(r"\b[a-zA-Z_]+\b", trainer_module.__doc__.split("Config keys")[1]))
     assert set(TRAINER_KEYS) <= documented
     # default.yaml, the schema and docs/configuration.md list the same keys (a free-form
-    # sub-config, es.inner, is one key of the schema)
+    # sub-config, es.inner or online.inner, is one key of the schema)
     default = yaml.safe_load((CONF_DIR / "default.yaml").read_text())
     default.pop("defaults"), default.pop("hydra")
 
     def leaves(tree, prefix=""):
         for key, value in tree.items():
-            if isinstance(value, dict) and f"{prefix}{key}" != "es.inner":
+            if isinstance(value, dict) and f"{prefix}{key}" not in ("es.inner", "online.inner"):
                 yield from leaves(value, f"{prefix}{key}.")
             else:
                 yield f"{prefix}{key}"

@@ -13,7 +13,7 @@ from cmo_rl import pretrained
 from cmo_rl.cli import train
 from cmo_rl.config import ConfigError
 from cmo_rl.lifecycle.checkpoint import latest_checkpoint, load_checkpoint
-from cmo_rl.meta_schema import _es_runs_on_cpu
+from cmo_rl.meta_schema import _rule_learners_run_on_cpu
 from cmo_rl.objectives.learned_dual import rule_vector
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -82,8 +82,11 @@ def test_bad_es_config_is_one_message(tmp_path):
     with pytest.raises(ConfigError) as err:
         train(compose([*TINY_ES, "es.pairs=0", "es.sigma=-1", f"run_root={tmp_path}"]))
     assert [p.split(":")[0] for p in err.value.problems] == ["es.pairs", "es.sigma"]
-    assert "meta_algorithm=es" in _es_runs_on_cpu({"meta_algorithm": "es", "device": "cuda:0"})[0]
-    assert _es_runs_on_cpu({"meta_algorithm": "bilevel", "device": "cuda:0"}) == []
+    assert (
+        "meta_algorithm=es"
+        in _rule_learners_run_on_cpu({"meta_algorithm": "es", "device": "cuda:0"})[0]
+    )
+    assert _rule_learners_run_on_cpu({"meta_algorithm": "bilevel", "device": "cuda:0"}) == []
     with pytest.raises(ConfigError, match=r"es.inner: \['bogus'\] are not keys"):
         train(compose([*TINY_ES, "+es.inner.bogus=1", f"run_root={tmp_path}"]))
     with pytest.raises(ConfigError, match="es.inner: update_iters"):
