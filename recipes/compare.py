@@ -4,11 +4,14 @@
     python recipes/compare.py jobs=2 total_steps=60000
     python recipes/compare.py methods=[ppo_lag,cpo] tasks=[SafetyPointGoal1-v0] seeds=[0,1,2]
     python recipes/compare.py meta.checkpoints.lstm=runs/meta_lstm/SafetyPointGoal1-v0/<ts>
+    python recipes/compare.py methods=[pid_lag,learned_rule] rule=runs/meta_online/<task>/<ts>
     python recipes/compare.py aggregate_only=true               # tables/figures only
 
 1. **Meta-optimizers** (only when ``meta_lstm`` / ``meta_pid`` are asked for): the given ``cmo``
    checkpoint, or one ``cmo`` meta-training per optimizer type in ``<study>/meta_train/<type>/``
    (reused once finished). A crashed meta-training blocks that method's runs (reported).
+   The ``learned_rule`` method trains with the given learned lambda rule (``rule``: a shipped
+   name, a rule file or a ``cmo meta_algorithm=es|online`` run directory), frozen.
 2. **Runs**: every ``task x method x seed`` with the same budget: the seeds of PPO, PPO-Lag
    and PID-Lag as one population process per task (``seeds=[...] compile=true``, in
    ``<run_root>/<study>/<task>/<method>/population/``; ``populations=false``: one process per
@@ -43,7 +46,7 @@ from cmo_rl.compare.aggregate import comparison_table, format_markdown, plot_stu
 from cmo_rl.compare.frozen import load_meta_optimizer
 from cmo_rl.compare.plan import METHODS, REPO, Budget, meta_training_spec, plan_runs
 from cmo_rl.compare.runner import collect, execute
-from cmo_rl.config import ConfigError, Field, device_check, env_id_check
+from cmo_rl.config import ConfigError, Field, Rule, device_check, env_id_check
 from cmo_rl.envs.factory import MOCK_ENV_ID
 from cmo_rl.lifecycle import accept_renamed_keys, run_cli
 from cmo_rl.lifecycle.checkpoint import latest_checkpoint
@@ -87,6 +90,7 @@ SCHEMA = {
     "eval_interval": Field(int, ge=1),
     "eval_episodes": Field(int, ge=1),
     "overrides": {"recipes": _OVERRIDES, **{name: _OVERRIDES for name in METHODS}},
+    "rule": Field(str, nullable=True),
     "meta": {
         "checkpoints": {kind: Field(str, nullable=True) for kind in META_KINDS},
         "env_ids": Field(list, items=str, check=_task_ids),
@@ -106,6 +110,34 @@ SCHEMA = {
     "device": Field(str, check=device_check),
     "torch_threads": Field(int, ge=0),
 }
+
+
+def _learned_rule_has_a_rule(cfg) -> list[str]:
+    """``learned_rule`` needs ``rule``, one that :func:`cmo_rl.pretrained.resolve` finds."""
+    from cmo_rl import pretrained
+
+    if "learned_rule" not in cfg["methods"]:
+        return []
+    if not cfg["rule"]:
+        return ["rule: the learned_rule method needs a rule (a shipped name, a rule file or a "
+                f"cmo run directory); shipped: {pretrained.available()}"]  # fmt: skip
+    try:
+        pretrained.resolve(cfg["rule"])
+    except ValueError as err:
+        return [f"rule: {err}"]
+    return []
+
+
+RULES = (Rule(("methods", "rule"), _learned_rule_has_a_rule),)
+
+
+def rule_argument(rule: str) -> str:
+    """The ``rule=`` of the ``learned_rule`` runs: a shipped name as it is (the same in every
+    checkout, so a study's fingerprints do not depend on where the repository lives), a path
+    made absolute (the runs start in their own directories)."""
+    from cmo_rl import pretrained
+
+    return rule if rule in pretrained.available() else str(Path(rule).resolve())
 
 
 def echo(text: str) -> None:
@@ -171,7 +203,7 @@ def meta_checkpoints(cfg: DictConfig, study_dir: Path, budget: Budget, env: dict
 
 @accept_renamed_keys
 @hydra.main(config_path=str(CONFIG_DIR), config_name="compare", version_base=None)
-@run_cli(schema=SCHEMA)
+@run_cli(schema=SCHEMA, rules=RULES)
 def main(cfg: DictConfig) -> None:
     start = time.time()
     study_dir = Path(cfg.run_root) / cfg.study
@@ -187,13 +219,16 @@ def main(cfg: DictConfig) -> None:
         f"{budget.episode_length}-step episode"
     )
     checkpoints, blocked = meta_checkpoints(cfg, study_dir, budget, env)
+    overrides = {k: list(v) for k, v in cfg.overrides.items()}
+    if "learned_rule" in cfg.methods:
+        overrides["learned_rule"] = [f"rule={rule_argument(cfg.rule)}", *overrides["learned_rule"]]
     specs = plan_runs(
         study_dir=study_dir,
         tasks=list(cfg.tasks),
         methods=list(cfg.methods),
         seeds=list(cfg.seeds),
         budget=budget,
-        overrides={k: list(v) for k, v in cfg.overrides.items()},
+        overrides=overrides,
         checkpoints=checkpoints,
         blocked=blocked,
         populations=cfg.populations,
@@ -207,6 +242,10 @@ def main(cfg: DictConfig) -> None:
     meta_tasks = set()  # the tasks the meta-optimizers were trained on (from their checkpoints)
     for ckpt in checkpoints.values():
         meta_tasks |= set(load_meta_optimizer(ckpt)[1].get("env_ids", ()))
+    if "learned_rule" in cfg.methods:  # the rule's own meta-training tasks
+        from cmo_rl import pretrained
+
+        meta_tasks |= set(pretrained.describe(cfg.rule)["provenance"].get("tasks", ()))
     notes = {
         t: "held out from meta-training" for t in cfg.tasks if meta_tasks and t not in meta_tasks
     }

@@ -11,20 +11,23 @@ crash stays contained) writing into its own directory::
 
 Methods (:data:`METHODS`):
 
-=============  =================================================================================
-``ppo``        unconstrained PPO: ``recipes/ppo_lagrangian.py`` with ``init_lambda=0`` and the
-               *recipe's* limit at :data:`UNCONSTRAINED_LIMIT`, so the projected multiplier
-               stays exactly 0 (``A_L = A_R``); the study's own limit still scores the run
-``ppo_lag``    ``recipes/ppo_lagrangian.py`` (OmniSafe ``PPOLag`` defaults)
-``pid_lag``    ``recipes/pid_lagrangian.py`` (OmniSafe ``CPPOPID`` defaults)
-``cpo``        ``recipes/cpo.py`` (OmniSafe ``CPO`` defaults)
-``meta_lstm``  a meta-trained LSTM optimizer, frozen, trains a fresh policy
-               (``python -m cmo_rl.compare.frozen``, :mod:`cmo_rl.compare.frozen`)
-``meta_pid``   the same with a meta-trained PID optimizer
-=============  =================================================================================
+================  ==============================================================================
+``ppo``           unconstrained PPO: ``recipes/ppo_lagrangian.py`` with ``init_lambda=0`` and the
+                  *recipe's* limit at :data:`UNCONSTRAINED_LIMIT`, so the projected multiplier
+                  stays exactly 0 (``A_L = A_R``); the study's own limit still scores the run
+``ppo_lag``       ``recipes/ppo_lagrangian.py`` (OmniSafe ``PPOLag`` defaults)
+``pid_lag``       ``recipes/pid_lagrangian.py`` (OmniSafe ``CPPOPID`` defaults)
+``cpo``           ``recipes/cpo.py`` (OmniSafe ``CPO`` defaults)
+``meta_lstm``     a meta-trained LSTM optimizer, frozen, trains a fresh policy
+                  (``python -m cmo_rl.compare.frozen``, :mod:`cmo_rl.compare.frozen`)
+``meta_pid``      the same with a meta-trained PID optimizer
+``learned_rule``  PPO-Lagrangian with a learned lambda rule, frozen:
+                  ``recipes/meta_lagrangian.py rule=<the study's rule>`` (a shipped rule, a rule
+                  file, or a ``cmo meta_algorithm=es|online`` run directory)
+================  ==============================================================================
 
 **Populations.** The seeds of a method that trains as a population (``ppo``, ``ppo_lag``,
-``pid_lag``: :attr:`Method.population`) run as *one* process, ``seeds=[...] compile=true``
+``pid_lag``, ``learned_rule``: :attr:`Method.population`) run as *one* process, ``seeds=[...] compile=true``
 (:mod:`cmo_rl.population`), in ``<run_root>/<study>/<task>/<method>/population/``; its
 members' run directories are the per-seed results. ``plan_runs(..., populations=False)``
 plans one process per seed instead (and reads studies written that way).
@@ -111,6 +114,9 @@ METHODS: dict[str, Method] = {
         Method("cpo", "CPO", "recipe", "cpo", "cpo"),
         Method("meta_lstm", "meta-LSTM", "meta", "lstm", "meta_lstm"),
         Method("meta_pid", "meta-PID", "meta", "pid", "meta_pid"),
+        Method(
+            "learned_rule", "learned rule", "recipe", "meta_lagrangian", "meta_lag", population=True
+        ),
     )
 }
 
