@@ -17,7 +17,8 @@ With ``meta_lr > 0`` the rule also learns *online* (MetaL-style, :mod:`cmo_rl.me
 before step 1 of each epoch its meta-parameters take one Adam step along the meta-gradient of
 this batch's :math:`J_R - \\mu (J_C - d)^+` (``mu``) through the previous epoch's
 :math:`\\lambda`; the run directory then gets the rule it ended with (``rule.pt``, usable as
-``rule=<run dir>``). Online learning runs one seed per process (``seeds=null``).
+``rule=<run dir>``; with ``seeds=[...]`` every learner's rule learns on its own and each run
+directory gets its rule).
 
 ``rule=`` names a shipped rule (:func:`cmo_rl.pretrained.available`), a rule file or the run
 directory of an ES meta-training (``cmo meta_algorithm=es``); ``rule=null`` is a fresh rule,
@@ -57,7 +58,8 @@ def train(cfg: DictConfig) -> Path | list[Path]:
         make_rule_learner=make_rule_learner if online else None,
     )
     if online:
-        print(f"learned rule: {export_rule(run_dir)}")
+        for one in run_dir if isinstance(run_dir, list) else [run_dir]:
+            print(f"learned rule: {export_rule(one)}")
     return run_dir
 
 

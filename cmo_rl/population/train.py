@@ -9,9 +9,12 @@ as any run), built from the same objects in the same order inside its own RNG st
 
 1. collection: every learner's env stepped side by side, one vmapped policy forward per
    step (:class:`~cmo_rl.population.collection.PopulationCollector`);
-2. each learner's multiplier updated from its own measured :math:`J_C` (the recipe's
-   ``update_multiplier`` on the learner's module: a few scalar operations per epoch);
-3. GAE per learner with its own critics (one call each per epoch);
+2. GAE per learner with its own critics (one call each per epoch; raw advantages);
+3. each learner's multiplier updated from its own measured :math:`J_C` (the recipe's
+   ``update_multiplier`` on the learner's module: a few scalar operations per epoch), or,
+   with an online rule learner per learner (``make_rule_learner``), that learner's
+   meta-step and then its rule's step, on its own batch and actor; then the advantages
+   normalised;
 4. the PPO passes of all learners as one vmapped minibatch step
    (:class:`~cmo_rl.population.update.PopulationPPO`: per-learner Adam, learning rate,
    shuffles and KL early stop);
@@ -58,7 +61,13 @@ from cmo_rl.training.lagrangian_ppo import (
     step_multiplier,
     train_lagrangian_ppo,
 )
-from cmo_rl.training.onpolicy import compute_advantages, linear_lr, make_optimizer, train_metrics
+from cmo_rl.training.onpolicy import (
+    compute_advantages,
+    linear_lr,
+    make_optimizer,
+    normalize_batch_advantages,
+    train_metrics,
+)
 from cmo_rl.training.run import TrainingRun
 from cmo_rl.training.setup import make_agent, make_envs, make_estimators, set_torch_threads
 
@@ -150,6 +159,7 @@ def train_population(
     recipe: str,
     make_multiplier: MultiplierFactory,
     update_multiplier: MultiplierUpdate = step_multiplier,
+    make_rule_learner: RuleLearnerFactory | None = None,
     vectorize: bool = True,
     distinct_seeds: bool = True,
 ) -> list[Path]:
@@ -162,6 +172,9 @@ def train_population(
         recipe: the run-directory name (``"ppo"``, ``"ppo_lag"``, ``"pid_lag"``).
         make_multiplier: as for ``train_lagrangian_ppo``; called once per learner.
         update_multiplier: as for ``train_lagrangian_ppo``; applied to each learner's module.
+        make_rule_learner: as for ``train_lagrangian_ppo``; one online learner per learner,
+            of its own multiplier and actor (checkpointed in its run as ``rule_learner`` /
+            ``rule_optimizer``).
         vectorize: vmap collection and update over the learners (``False``: learner after
             learner, bit for bit equal to single-seed runs; for tests).
         distinct_seeds: refuse a seed listed twice (a user's ``seeds=[0,0]`` is a mistake);
@@ -202,6 +215,7 @@ def train_population(
     # every learner's objects, built as its single-seed run builds them, in its RNG streams
     rng = LearnerRNG(seeds)
     envs, eval_envs, agents, estimators, multipliers, optimizers = [], [], [], [], [], []
+    rule_learners = []
     for p, run in enumerate(runs):
         with rng.activate(p):
             env, eval_env = make_envs(run.cfg)
@@ -215,6 +229,10 @@ def train_population(
             multipliers.append(make_multiplier(run.cfg, device))
             groups = {"actor": actor, "critic": critic, "cost_critic": cost_critic}
             optimizers.append(make_optimizer(groups, cfg.lr))
+            learner = (
+                make_rule_learner(run.cfg, multipliers[p], actor) if make_rule_learner else None
+            )
+            rule_learners.append(learner)
     nets = LearnerNets.from_agent(agents[0])
     collector = PopulationCollector(
         envs,
@@ -228,13 +246,14 @@ def train_population(
     )
     for p, run in enumerate(runs):
         actor, critic, cost_critic = agents[p]
+        modules = {"value": critic, "cost_value": cost_critic, "multiplier": multipliers[p]}
+        optimizers_p = {"optimizer": optimizers[p]}
+        if rule_learners[p] is not None:
+            modules["rule_learner"] = rule_learners[p]
+            optimizers_p["rule_optimizer"] = rule_learners[p].optimizer
         with rng.activate(p):  # restores the checkpoint's RNG states into the learner's
             run.attach(
-                envs[p],
-                eval_envs[p],
-                policy=actor,
-                modules={"value": critic, "cost_value": cost_critic, "multiplier": multipliers[p]},
-                optimizers={"optimizer": optimizers[p]},
+                envs[p], eval_envs[p], policy=actor, modules=modules, optimizers=optimizers_p
             )
     engine = PopulationPPO(
         nets,
@@ -265,17 +284,22 @@ def train_population(
             parts = batch.unbind(0)
             metrics = []
             for p, part in enumerate(parts):
-                # 1. multiplier update on the learner's measured mean episode cost J_C
+                # 1. advantages and value targets for reward and cost (the learner's critics;
+                # raw: the online rule learner scores its rule on them, normalised below)
+                compute_advantages(part, *estimators[p], normalize=False)
+                # 2. multiplier update on the learner's measured mean episode cost J_C
                 episodes = finished_episodes(part)
                 row = episodes.metrics("train")
                 if episodes.count:
                     episode_cost = row["train/episode_cost"]
-                    extra = update_multiplier(multipliers[p], episode_cost)
+                    if rule_learners[p] is not None:  # the rule's meta-step, then its step
+                        extra = rule_learners[p].update(part, episode_cost, update_multiplier)
+                    else:
+                        extra = update_multiplier(multipliers[p], episode_cost)
                     row["train/violation"] = episode_cost - float(cfg.cost_limit)
                     row.update(extra)
                 row["train/lambda"] = multipliers[p].value
-                # 2. advantages and value targets for reward and cost (the learner's critics)
-                compute_advantages(part, *estimators[p])
+                normalize_batch_advantages(part)
                 metrics.append(row)
 
             # 3. PPO passes of every learner on its A_L, one vmapped minibatch step
@@ -325,8 +349,8 @@ def train_seeds(
     """What a PPO-family recipe runs: :func:`train_population` when ``cfg`` asks for a
     population (:func:`population_seeds`), else the single-seed
     :func:`~cmo_rl.training.lagrangian_ppo.train_lagrangian_ppo`. Returns the run directory
-    (a list of them for a population). An online rule learner (``make_rule_learner``) runs
-    only in a single-seed run (a ``ValueError`` with a population).
+    (a list of them for a population; an online rule learner, ``make_rule_learner``, per
+    learner).
 
     Examples:
         >>> import tempfile
@@ -353,10 +377,12 @@ def train_seeds(
         (True, 2)
     """
     if population_seeds(cfg, recipe=recipe) is not None:
-        if make_rule_learner is not None:
-            raise ValueError("an online rule learner runs one seed at a time, not a population")
         return train_population(
-            cfg, recipe=recipe, make_multiplier=make_multiplier, update_multiplier=update_multiplier
+            cfg,
+            recipe=recipe,
+            make_multiplier=make_multiplier,
+            update_multiplier=update_multiplier,
+            make_rule_learner=make_rule_learner,
         )
     return train_lagrangian_ppo(
         cfg,

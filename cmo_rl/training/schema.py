@@ -216,15 +216,6 @@ def _compile_needs_a_population(cfg: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def _online_rule_runs_alone(cfg: Mapping[str, Any]) -> list[str]:
-    if float(cfg.get("meta_lr") or 0) > 0 and cfg.get("seeds"):
-        return [
-            "meta_lr: an online rule learns inside one run; give seeds=null (one run per seed) "
-            "or meta_lr=0 (a frozen rule)"
-        ]
-    return []
-
-
 #: The checks of a recipe config that involve several keys (reported with the single-key
 #: problems, in one message, by :func:`cmo_rl.config.validate_config`).
 RULES = (
@@ -232,7 +223,6 @@ RULES = (
     Rule(("total_steps", "steps_per_epoch"), _budget_holds_an_epoch),
     Rule(("minibatch_size", "steps_per_epoch"), _minibatch_fits_epoch),
     Rule(("compile", "seeds"), _compile_needs_a_population),
-    Rule(("meta_lr", "seeds"), _online_rule_runs_alone),
 )
 
 

@@ -15,9 +15,12 @@ from omegaconf import OmegaConf
 
 from cmo_rl.config import ConfigError
 from cmo_rl.lifecycle.checkpoint import list_checkpoints, load_checkpoint
+from cmo_rl.meta_online import make_rule_learner
+from cmo_rl.objectives.learned_dual import learned_update
 from cmo_rl.population import POPULATION_FILE, PopulationPPO, train_population
 from cmo_rl.training.lagrangian_ppo import (
     make_lagrange_multiplier,
+    make_learned_multiplier,
     make_pid_multiplier,
     pid_update,
     train_lagrangian_ppo,
@@ -30,6 +33,13 @@ RULES = {
     "ppo_lagrangian": {"make_multiplier": make_lagrange_multiplier},
     "pid_lagrangian": {"make_multiplier": make_pid_multiplier, "update_multiplier": pid_update},
 }
+#: The meta-Lagrangian recipe with its rule learning online in every learner.
+ONLINE = {
+    "make_multiplier": make_learned_multiplier,
+    "update_multiplier": learned_update,
+    "make_rule_learner": make_rule_learner,
+}
+ONLINE_KEYS = {"meta_lr": 0.05, "rule_hidden": 4, "mu": 5.0}
 
 
 def _cfg(tmp_path: Path, recipe: str = "ppo_lagrangian", env_id: str = "MockCMDP-v0", **over):
@@ -88,6 +98,31 @@ def test_each_learner_equals_its_single_seed_run_bit_for_bit(tmp_path, recipe):
     for single, run_dir in zip(singles, dirs):
         pd.testing.assert_frame_equal(_metrics(run_dir), single, check_exact=True)
     assert single["train/num_episodes"].gt(0).all()  # the runs did finish episodes
+
+
+def test_online_rule_learners_equal_their_single_seed_runs_bit_for_bit(tmp_path):
+    """Each learner's rule takes its own meta-steps on its own batch and actor (the
+    single run's order: raw GAE, meta-step, rule step, normalised advantages)."""
+    singles = [
+        _metrics(
+            train_lagrangian_ppo(
+                _cfg(tmp_path / "single", "meta_lagrangian", seed=seed, **ONLINE_KEYS),
+                recipe="single",
+                **ONLINE,
+            )
+        )
+        for seed in SEEDS
+    ]
+    dirs = train_population(
+        _cfg(tmp_path / "pop", "meta_lagrangian", seeds=SEEDS, **ONLINE_KEYS),
+        recipe="pop",
+        vectorize=False,
+        **ONLINE,
+    )
+    for single, run_dir in zip(singles, dirs):
+        pd.testing.assert_frame_equal(_metrics(run_dir), single, check_exact=True)
+    assert single["train/rule_meta_grad"].notna().tolist() == [False, True, True]
+    assert singles[0]["train/lambda"].tolist() != singles[1]["train/lambda"].tolist()
 
 
 def test_vectorized_learners_equal_single_runs_to_float32_rounding(tmp_path):
@@ -179,9 +214,19 @@ def test_safety_gymnasium_learners_equal_their_single_runs(tmp_path):
         pd.testing.assert_frame_equal(_metrics(run_dir), single, check_exact=True)
 
 
-def test_ctrl_c_mid_update_then_resume_equals_the_uninterrupted_population(tmp_path, monkeypatch):
+@pytest.mark.parametrize("online", [False, True], ids=["ppo_lag", "online_rule"])
+def test_ctrl_c_mid_update_then_resume_equals_the_uninterrupted_population(
+    tmp_path, monkeypatch, online
+):
+    """With online rule learners the rule, its Adam and the pending record of every learner
+    are in its checkpoint too."""
+    recipe, keys, hooks = (
+        ("meta_lagrangian", ONLINE_KEYS, ONLINE)
+        if online
+        else ("ppo_lagrangian", {}, RULES["ppo_lagrangian"])
+    )
     full = train_population(
-        _cfg(tmp_path / "full", seeds=[0, 1]), recipe="pop", **RULES["ppo_lagrangian"]
+        _cfg(tmp_path / "full", recipe, seeds=[0, 1], **keys), recipe="pop", **hooks
     )
     real, calls = PopulationPPO.update, {"n": 0}
 
@@ -196,15 +241,15 @@ def test_ctrl_c_mid_update_then_resume_equals_the_uninterrupted_population(tmp_p
         patch.setattr(PopulationPPO, "update", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train_population(
-                _cfg(tmp_path / "cut", seeds=[0, 1]), recipe="pop", **RULES["ppo_lagrangian"]
+                _cfg(tmp_path / "cut", recipe, seeds=[0, 1], **keys), recipe="pop", **hooks
             )
     cut = sorted(p for p in (tmp_path / "cut" / "pop" / "MockCMDP-v0").iterdir())
     for run_dir in cut:  # the exit checkpoints are the last completed epoch, for every member
         assert load_checkpoint(list_checkpoints(run_dir)[-1])["step"] == 400
     resumed = train_population(
-        _cfg(tmp_path / "cut", seeds=[0, 1], resume=str(cut[1])),
+        _cfg(tmp_path / "cut", recipe, seeds=[0, 1], resume=str(cut[1]), **keys),
         recipe="pop",
-        **RULES["ppo_lagrangian"],
+        **hooks,
     )
     assert sorted(resumed) == cut
     for a, b in zip(full, resumed):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -68,9 +70,14 @@ def test_the_run_helper_finds_meta_lag(tmp_path):
     assert the_run(tmp_path, "meta_lagrangian").parent.name == "MockCMDP-v0"
 
 
-def test_an_online_rule_runs_one_seed_per_process(tmp_path):
-    out = run_cli("meta_lagrangian", [*TINY, "meta_lr=0.01", "seeds=[0,1]",
+def test_an_online_rule_learns_in_every_learner_of_a_population(tmp_path):
+    """``meta_lr > 0`` with ``seeds=[...]``: each learner's rule learns on its own run and
+    each run directory gets the rule it ended with."""
+    out = run_cli("meta_lagrangian", [*TINY, "meta_lr=0.05", "seeds=[0,1]", "rule_hidden=0",
                                       f"run_root={tmp_path / 'runs'}"], cwd=tmp_path)  # fmt: skip
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert "meta_lr:" in out.stderr and "seeds=null" in out.stderr
-    assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()
+    assert out.returncode == 0, out.stderr[-2000:]
+    written = [line.split(": ", 1)[1] for line in out.stdout.splitlines()
+               if line.startswith("learned rule: ")]  # fmt: skip
+    assert len(written) == 2 and len({Path(p).parent for p in written}) == 2
+    rules = [rule_vector(pretrained.load(p)) for p in written]
+    assert not torch.equal(rules[0], rules[1])  # two seeds, two rules
