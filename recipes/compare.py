@@ -53,6 +53,8 @@ from cmo_rl.lifecycle.checkpoint import latest_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 META_KINDS = ("lstm", "pid")
+#: The methods that train with the study's learned lambda rule (``rule``).
+RULE_METHODS = ("learned_rule", "learned_rule_online")
 
 
 def _known_methods(values: list) -> bool:
@@ -113,13 +115,13 @@ SCHEMA = {
 
 
 def _learned_rule_has_a_rule(cfg) -> list[str]:
-    """``learned_rule`` needs ``rule``, one that :func:`cmo_rl.pretrained.resolve` finds."""
+    """The ``learned_rule*`` methods need ``rule``, one that :func:`cmo_rl.pretrained.resolve` finds."""
     from cmo_rl import pretrained
 
-    if "learned_rule" not in cfg["methods"]:
+    if not set(cfg["methods"]) & set(RULE_METHODS):
         return []
     if not cfg["rule"]:
-        return ["rule: the learned_rule method needs a rule (a shipped name, a rule file or a "
+        return ["rule: the learned_rule methods need a rule (a shipped name, a rule file or a "
                 f"cmo run directory); shipped: {pretrained.available()}"]  # fmt: skip
     try:
         pretrained.resolve(cfg["rule"])
@@ -220,8 +222,8 @@ def main(cfg: DictConfig) -> None:
     )
     checkpoints, blocked = meta_checkpoints(cfg, study_dir, budget, env)
     overrides = {k: list(v) for k, v in cfg.overrides.items()}
-    if "learned_rule" in cfg.methods:
-        overrides["learned_rule"] = [f"rule={rule_argument(cfg.rule)}", *overrides["learned_rule"]]
+    for method in set(cfg.methods) & set(RULE_METHODS):
+        overrides[method] = [f"rule={rule_argument(cfg.rule)}", *overrides[method]]
     specs = plan_runs(
         study_dir=study_dir,
         tasks=list(cfg.tasks),
@@ -242,7 +244,7 @@ def main(cfg: DictConfig) -> None:
     meta_tasks = set()  # the tasks the meta-optimizers were trained on (from their checkpoints)
     for ckpt in checkpoints.values():
         meta_tasks |= set(load_meta_optimizer(ckpt)[1].get("env_ids", ()))
-    if "learned_rule" in cfg.methods:  # the rule's own meta-training tasks
+    if set(cfg.methods) & set(RULE_METHODS):  # the rule's own meta-training tasks
         from cmo_rl import pretrained
 
         meta_tasks |= set(pretrained.describe(cfg.rule)["provenance"].get("tasks", ()))

@@ -11,26 +11,30 @@ crash stays contained) writing into its own directory::
 
 Methods (:data:`METHODS`):
 
-================  ==============================================================================
-``ppo``           unconstrained PPO: ``recipes/ppo_lagrangian.py`` with ``init_lambda=0`` and the
-                  *recipe's* limit at :data:`UNCONSTRAINED_LIMIT`, so the projected multiplier
-                  stays exactly 0 (``A_L = A_R``); the study's own limit still scores the run
-``ppo_lag``       ``recipes/ppo_lagrangian.py`` (OmniSafe ``PPOLag`` defaults)
-``pid_lag``       ``recipes/pid_lagrangian.py`` (OmniSafe ``CPPOPID`` defaults)
-``cpo``           ``recipes/cpo.py`` (OmniSafe ``CPO`` defaults)
-``meta_lstm``     a meta-trained LSTM optimizer, frozen, trains a fresh policy
-                  (``python -m cmo_rl.compare.frozen``, :mod:`cmo_rl.compare.frozen`)
-``meta_pid``      the same with a meta-trained PID optimizer
-``learned_rule``  PPO-Lagrangian with a learned lambda rule, frozen:
-                  ``recipes/meta_lagrangian.py rule=<the study's rule>`` (a shipped rule, a rule
-                  file, or a ``cmo meta_algorithm=es|online`` run directory)
-================  ==============================================================================
+=======================  =======================================================================
+``ppo``                  unconstrained PPO: ``recipes/ppo_lagrangian.py`` with ``init_lambda=0``
+                         and the *recipe's* limit at :data:`UNCONSTRAINED_LIMIT`, so the
+                         projected multiplier stays exactly 0 (``A_L = A_R``); the study's own
+                         limit still scores the run
+``ppo_lag``              ``recipes/ppo_lagrangian.py`` (OmniSafe ``PPOLag`` defaults)
+``pid_lag``              ``recipes/pid_lagrangian.py`` (OmniSafe ``CPPOPID`` defaults)
+``cpo``                  ``recipes/cpo.py`` (OmniSafe ``CPO`` defaults)
+``meta_lstm``            a meta-trained LSTM optimizer, frozen, trains a fresh policy
+                         (``python -m cmo_rl.compare.frozen``, :mod:`cmo_rl.compare.frozen`)
+``meta_pid``             the same with a meta-trained PID optimizer
+``learned_rule``         PPO-Lagrangian with a learned lambda rule, frozen:
+                         ``recipes/meta_lagrangian.py rule=<the study's rule>`` (a shipped
+                         rule, a rule file, or a ``cmo meta_algorithm=es|online`` run directory)
+``learned_rule_online``  the same rule, learning on during the run
+                         (``meta_lr=0.05``, ``cmo``'s default ``online.lr``; the recipe's ``mu``)
+=======================  =======================================================================
 
 **Populations.** The seeds of a method that trains as a population (``ppo``, ``ppo_lag``,
-``pid_lag``, ``learned_rule``: :attr:`Method.population`) run as *one* process, ``seeds=[...] compile=true``
-(:mod:`cmo_rl.population`), in ``<run_root>/<study>/<task>/<method>/population/``; its
-members' run directories are the per-seed results. ``plan_runs(..., populations=False)``
-plans one process per seed instead (and reads studies written that way).
+``pid_lag``, ``learned_rule``, ``learned_rule_online``: :attr:`Method.population`) run as
+*one* process, ``seeds=[...] compile=true`` (:mod:`cmo_rl.population`), in
+``<run_root>/<study>/<task>/<method>/population/``; its members' run directories are the
+per-seed results. ``plan_runs(..., populations=False)`` plans one process per seed instead
+(and reads studies written that way).
 
 Shared settings (:class:`Budget`): task, seed, ``total_steps``, ``num_envs``, horizon, cost
 limit, network, evaluation schedule. Recipes collect ``steps_per_epoch`` env steps per update; a
@@ -116,6 +120,15 @@ METHODS: dict[str, Method] = {
         Method("meta_pid", "meta-PID", "meta", "pid", "meta_pid"),
         Method(
             "learned_rule", "learned rule", "recipe", "meta_lagrangian", "meta_lag", population=True
+        ),
+        Method(
+            "learned_rule_online",
+            "learned rule, online",
+            "recipe",
+            "meta_lagrangian",
+            "meta_lag",
+            ("meta_lr=0.05",),
+            population=True,
         ),
     )
 }

@@ -153,7 +153,7 @@ def test_compare_learned_rule_trains_the_given_rule_as_a_population(tmp_path):
     ]  # fmt: skip
     missing = _compare(args, tmp_path)
     assert (
-        missing.returncode == 2 and "rule: the learned_rule method needs a rule" in missing.stderr
+        missing.returncode == 2 and "rule: the learned_rule methods need a rule" in missing.stderr
     )
     assert not (tmp_path / "runs").exists()
     out = _compare([*args, f"rule={rule}"], tmp_path)
