@@ -511,3 +511,36 @@ def test_export_study_copies_tables_and_every_finished_runs_metrics(fake, tmp_pa
     assert written == ["T/cpo/seed1.csv", "T/ppo_lag/seed3.csv", "T/ppo_lag/seed5.csv"]
     assert "20,8.0," in (out / "T" / "ppo_lag" / "seed5.csv").read_text()
     assert export.main([str(tmp_path / "nothing"), str(out)]) == 2
+
+
+def test_study_table_joins_exported_cells_of_several_studies(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "study_table", Path(__file__).resolve().parents[1] / "scripts" / "study_table.py"
+    )
+    study_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study_table)
+
+    def write(folder, method, seed, ret, last=200):
+        path = tmp_path / folder / "T" / method / f"seed{seed}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"step": [100, last], "train/episode_return": [0.0, ret],
+                      "train/episode_cost": [30.0, 20.0], "eval/episode_return": [None, ret],
+                      "eval/episode_cost": [None, 27.0]}).to_csv(path, index=False)  # fmt: skip
+
+    write("a", "pid_lag", 0, 1.0)
+    write("a", "pid_lag", 1, 3.0)
+    write("b", "learned_rule", 0, 5.0)
+    write("b", "pid_lag", 0, 99.0)  # the first folder's cell wins
+    out = tmp_path / "table"
+    argv = [str(tmp_path / "a"), str(tmp_path / "b"), "--mu", "2", "--out", str(out)]
+    assert study_table.main(argv) == 0
+    table = pd.read_csv(out.with_suffix(".csv"))
+    assert table["method"].tolist() == ["pid_lag", "learned_rule"]
+    assert table["eval_return"].tolist() == [2.0, 5.0] and table["seeds"].tolist() == [2, 1]
+    assert table["penalized_return"].tolist() == [2.0 - 2 * 2.0, 5.0 - 2 * 2.0]  # mu (27 - 25)
+    assert "| learned rule |" in out.with_suffix(".md").read_text()
+    write("c", "cpo", 0, 1.0, last=300)  # another budget
+    assert study_table.main([str(tmp_path / "a"), str(tmp_path / "c")]) == 2
+    assert "different env steps [200, 300]" in capsys.readouterr().err
