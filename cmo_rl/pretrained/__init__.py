@@ -3,8 +3,14 @@
 A rule file (``<name>.pt``) holds a :class:`~cmo_rl.objectives.learned_dual.LearnedLagrangian`'s
 shape (``config``), its meta-parameters (``parameters``; never controller state: a loaded rule
 starts a fresh run) and its ``provenance``: the command, tasks, budget and commit that made it.
-ES meta-training (``cmo meta_algorithm=es``) writes one into its run directory (``rule.pt``);
-copying it here (``cmo_rl/pretrained/``) ships it.
+Meta-training (``cmo meta_algorithm=es`` or ``online``) writes one into its run directory
+(``rule.pt``); copying it here (``cmo_rl/pretrained/<name>.pt``) ships it. Shipped:
+
+``online-goal1``  a meta-PID rule (no MLP) carried by ``cmo meta_algorithm=online`` through six
+                  200k-step PPO-Lagrangian runs alternating SafetyPointGoal1-v0 and
+                  SafetyCarGoal1-v0 (1.2M env steps, cost limit 25, ``online.lr=0.05``,
+                  ``mu=50``); ``describe("online-goal1")`` has the command and commit, and
+                  ``docs/results.md`` what it does at 500k steps against PPO-Lag and PID-Lag.
 
     >>> from cmo_rl import pretrained
     >>> names = pretrained.available()           # the shipped rules
