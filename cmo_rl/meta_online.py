@@ -13,17 +13,20 @@ like :mod:`cmo_rl.meta_es`):
   whole PPO-Lagrangian runs, in numbered steps per link of the chain:
 
   1. link :math:`k` (``online.passes`` passes over ``env_ids``: task
-     ``env_ids[k mod len(env_ids)]``, seed ``seed + k``) starts a fresh policy and critics
-     from the rule the chain has so far (link 0: PID-Lag with the recipe's ``pid_*`` keys,
-     ``online.rule_hidden`` MLP units at zero);
+     ``env_ids[k mod len(env_ids)]``; ``S = online.seeds`` seeds ``seed + k S + s``) starts
+     fresh policies and critics from the rule the chain has so far (link 0: PID-Lag with the
+     recipe's ``pid_*`` keys, ``online.rule_hidden`` MLP units at zero);
   2. the link is ``recipes/meta_lagrangian.py`` with ``online.inner`` changed and
-     ``meta_lr=online.lr``, ``mu=mu``: the rule learns online during the whole run; its run
-     directory goes under ``<run dir>/links/<k>-<task>/`` (its own ``metrics.csv``,
-     checkpoints and ``rule.pt``);
-  3. the rule it ended with becomes the chain's rule; a row of ``metrics.csv`` / TensorBoard
-     (``online/*``: the link's final return, cost, mean violation and mean meta-gradient;
-     ``rule/*``), a checkpoint and ``rule.pt`` (the current rule with its provenance, what
-     ``rule=<run dir>`` loads).
+     ``meta_lr=online.lr``, ``mu=mu`` (with ``S > 1`` its seeds as one population, each
+     learner's copy of the rule learning on its own run): the rule learns online during the
+     whole run; the run directories go under ``<run dir>/links/<k>-<task>/`` (each with its
+     own ``metrics.csv``, checkpoints and ``rule.pt``);
+  3. the rule the link ended with (with ``S > 1`` the mean of its learners' rules, in the
+     space of the meta-parameters: log-gains, logits, offset, MLP weights; a Reptile-style
+     average of independent adaptations, less noisy than any one) becomes the chain's rule; a
+     row of ``metrics.csv`` / TensorBoard (``online/*``: the link's final return, cost, mean
+     violation and mean meta-gradient, means over its seeds; ``rule/*``), a checkpoint and
+     ``rule.pt`` (the current rule with its provenance, what ``rule=<run dir>`` loads).
 
   After the last link, the meta-test (``meta_test.enabled``) is ES's
   (:func:`cmo_rl.meta_es.meta_test_rules`): the learned rule, frozen, and the initial one
@@ -140,22 +143,29 @@ def export_rule(run_dir: str | Path, provenance: dict[str, Any] | None = None) -
     return pretrained.save(rule, run_dir / "rule.pt", record)
 
 
-def chain_links(c: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """The ``(task, seed)`` of every link of the chain: ``online.passes`` passes over
-    ``env_ids``, link ``k`` with seed ``seed + k``.
+def chain_links(c: Mapping[str, Any]) -> list[tuple[str, list[int]]]:
+    """The ``(task, seeds)`` of every link of the chain: ``online.passes`` passes over
+    ``env_ids``, link ``k`` with the ``S = online.seeds`` seeds ``seed + k S + s``.
 
     Examples:
-        >>> chain_links({"env_ids": ["A", "B"], "seed": 10, "online": {"passes": 2}})
-        [('A', 10), ('B', 11), ('A', 12), ('B', 13)]
+        >>> chain_links({"env_ids": ["A", "B"], "seed": 10, "online": {"passes": 2, "seeds": 1}})
+        [('A', [10]), ('B', [11]), ('A', [12]), ('B', [13])]
+        >>> chain_links({"env_ids": ["A"], "seed": 0, "online": {"passes": 2, "seeds": 3}})
+        [('A', [0, 1, 2]), ('A', [3, 4, 5])]
     """
-    tasks = list(c["env_ids"])
+    tasks, per_link = list(c["env_ids"]), int(c["online"]["seeds"])
     count = int(c["online"]["passes"]) * len(tasks)
-    return [(tasks[k % len(tasks)], int(c["seed"]) + k) for k in range(count)]
+    first = int(c["seed"])
+    return [
+        (tasks[k % len(tasks)], [first + k * per_link + s for s in range(per_link)])
+        for k in range(count)
+    ]
 
 
 def _unfinished_link(root: Path) -> str | None:
     """The run directory of an interrupted link under ``root`` that has a checkpoint to
-    resume from (its newest one), else ``None`` (the link starts afresh)."""
+    resume from (its newest one; a population member resumes the whole population), else
+    ``None`` (the link starts afresh)."""
     from cmo_rl.lifecycle import find_runs
     from cmo_rl.lifecycle.checkpoint import latest_checkpoint
     from cmo_rl.meta_es import MEMBER_RECIPE
@@ -222,7 +232,8 @@ def train_online(run: Run, c: TrackedConfig) -> Path:
     from cmo_rl.meta.es import run_fitness
     from cmo_rl.meta_es import MEMBER_RECIPE, inner_config, meta_test_rules, rule_metrics
     from cmo_rl.objectives.learned_dual import learned_update
-    from cmo_rl.training.lagrangian_ppo import make_learned_multiplier, train_lagrangian_ppo
+    from cmo_rl.population.train import train_seeds
+    from cmo_rl.training.lagrangian_ppo import make_learned_multiplier
 
     # the configs first: a bad one is refused before anything is written
     inner, link_base = inner_config(c, "online"), link_config(c)
@@ -246,7 +257,7 @@ def train_online(run: Run, c: TrackedConfig) -> Path:
         "cost_limit": float(c.cost_limit),
         "meta_algorithm": "online",
         "inner": OmegaConf.to_container(link_base, resolve=True),
-        "online": {"lr": float(c.online.lr), "passes": int(c.online.passes)},
+        "online": {k: c.online[k] for k in ("lr", "passes", "seeds")},
         "mu": mu,
         "commit": pretrained.current_commit(),
     }
@@ -254,8 +265,8 @@ def train_online(run: Run, c: TrackedConfig) -> Path:
     def snapshot(links_done: int) -> None:
         run.snapshot(links_done, {"online_rule": rule_vector(rule), "initial_rule": initial})
 
-    def train_link(k: int, task: str, seed: int) -> Path:
-        """1.-2. link ``k``: a whole online run from the chain's rule (resumed if cut)."""
+    def train_link(k: int, task: str, seeds: list[int]) -> list[Path]:
+        """1.-2. link ``k``: whole online runs from the chain's rule (resumed if cut)."""
         root = run.run_dir / "links" / f"{k:04d}-{task}"
         start = root / "start_rule.pt"
         root.mkdir(parents=True, exist_ok=True)
@@ -263,17 +274,18 @@ def train_online(run: Run, c: TrackedConfig) -> Path:
             pretrained.save(rule, start, {**provenance, "link": k, "env_steps": k * steps_per_link})
         cfg = OmegaConf.merge(
             link_base,
-            {"env_id": task, "seed": seed, "run_root": str(root), "rule": str(start),
-             "resume": _unfinished_link(root)},
+            {"env_id": task, "seed": seeds[0], "seeds": seeds if len(seeds) > 1 else None,
+             "run_root": str(root), "rule": str(start), "resume": _unfinished_link(root)},
         )  # fmt: skip
         with open(root / "link.log", "a") as out, contextlib.redirect_stdout(out):
-            return train_lagrangian_ppo(
+            run_dirs = train_seeds(
                 cfg,
                 recipe=MEMBER_RECIPE,
                 make_multiplier=make_learned_multiplier,
                 update_multiplier=learned_update,
                 make_rule_learner=make_rule_learner,
             )
+        return run_dirs if isinstance(run_dirs, list) else [run_dirs]
 
     label = f"meta_online {links[0][0]}" if links else "meta_online"
     with run.open(progress_total=len(links), progress_desc=label, progress_unit="run"):
@@ -281,36 +293,43 @@ def train_online(run: Run, c: TrackedConfig) -> Path:
         if done >= len(links):
             run.echo(f"meta-training already complete ({done} of {len(links)} runs)")
         for k in range(done, len(links)):
-            task, seed = links[k]
+            task, seeds = links[k]
             start_time = time.perf_counter()
-            link_dir = train_link(k, task, seed)
-            # 3. the rule the link ended with is the chain's; one row, a checkpoint, rule.pt
+            link_dirs = train_link(k, task, seeds)
+            # 3. the rule the link ended with (its seeds' mean) is the chain's; one row, a
+            # checkpoint, rule.pt
             link_prov = {**provenance, "link": k, "env_steps": steps_per_link}
-            set_rule_vector(rule, rule_vector(pretrained.load(export_rule(link_dir, link_prov))))
-            metrics = pd.read_csv(link_dir / "metrics.csv")
-            score = run_fitness(metrics, cost_limit=float(c.cost_limit), mu=mu, nu=0.0)
+            ended = [rule_vector(pretrained.load(export_rule(d, link_prov))) for d in link_dirs]
+            set_rule_vector(rule, torch.stack(ended).mean(0))
+            frames = [pd.read_csv(d / "metrics.csv") for d in link_dirs]
+            scores = pd.DataFrame(
+                [run_fitness(f, cost_limit=float(c.cost_limit), mu=mu, nu=0.0) for f in frames]
+            ).mean()
             row = {
-                "online/fitness": score["fitness"],
-                "online/final_return": score["final_return"],
-                "online/final_cost": score["final_cost"],
-                "online/mean_violation": score["mean_violation"],
-                "online/rule_meta_grad": float(metrics["train/rule_meta_grad"].mean()),
+                "online/fitness": float(scores["fitness"]),
+                "online/final_return": float(scores["final_return"]),
+                "online/final_cost": float(scores["final_cost"]),
+                "online/mean_violation": float(scores["mean_violation"]),
+                "online/rule_meta_grad": float(
+                    pd.concat([f["train/rule_meta_grad"] for f in frames]).mean()
+                ),
                 **rule_metrics(rule),
-                "meta/env_steps": (k + 1) * steps_per_link,
+                "meta/env_steps": (k + 1) * len(seeds) * steps_per_link,
                 "time/link": time.perf_counter() - start_time,
                 "time/total": run.time_total,
             }
             run.logger.log_scalars(row, step=k + 1)
             run.logger.update(1)
             run.echo(
-                f"link {k + 1}/{len(links)} ({task}, seed {seed}): return "
+                f"link {k + 1}/{len(links)} ({task}, seed{'s' * (len(seeds) > 1)} "
+                f"{', '.join(map(str, seeds))}): return "
                 f"{row['online/final_return']:.4g}, cost {row['online/final_cost']:.4g}, "
                 f"mean violation {row['online/mean_violation']:.4g}, "
                 f"{row['time/link']:.0f} s"
             )
             snapshot(k + 1)
             run.save()
-            env_steps = (k + 1) * steps_per_link
+            env_steps = (k + 1) * len(seeds) * steps_per_link
             pretrained.save(
                 rule,
                 run.run_dir / "rule.pt",

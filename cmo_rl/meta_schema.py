@@ -161,6 +161,7 @@ SCHEMA: dict[str, Any] = {
     # online meta-gradient through a chain of runs (meta_algorithm=online)
     "online": {
         "passes": Field(int, ge=1),
+        "seeds": Field(int, ge=1),
         "lr": Field(float, gt=0),
         "rule_hidden": Field(int, ge=0),
         "inner": Field(dict),

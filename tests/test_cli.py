@@ -321,7 +321,7 @@ def test_every_config_key_is_read_by_the_program(tmp_path):
     )
     rule_only = {
         "es.generations", "es.pairs", "es.seeds", "es.sigma", "es.lr", "es.nu", "es.rule_hidden",
-        "online.passes", "online.lr", "online.rule_hidden",
+        "online.passes", "online.seeds", "online.lr", "online.rule_hidden",
     }  # fmt: skip
     unread = tracked[0].unread()
     inner = ("es.inner.", "online.inner.")

@@ -84,7 +84,11 @@ def test_the_chain_carries_one_rule_through_online_runs_and_meta_tests_it(tmp_pa
     assert torch.equal(rule_vector(pretrained.load(chain)), ended[2])
     info = pretrained.describe(chain)["provenance"]
     assert (info["meta_algorithm"], info["links"], info["env_steps"]) == ("online", 3, 1200)
-    assert info["tasks"] == ["MockCMDP-v0"] and info["online"] == {"lr": 0.1, "passes": 3}
+    assert info["tasks"] == ["MockCMDP-v0"] and info["online"] == {
+        "lr": 0.1,
+        "passes": 3,
+        "seeds": 1,
+    }
     meta_test = pd.read_csv(chain / "meta_test.csv")
     assert sorted(meta_test["rule"].unique()) == ["initial (PID-Lag)", "learned"]
 
@@ -133,3 +137,47 @@ def test_bad_online_config_is_one_message_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="online.inner: update_iters"):
         train(compose([*TINY_ONLINE, "online.inner.update_iters=0", f"run_root={tmp_path}"]))
     assert not list(Path(tmp_path).rglob("metrics.csv"))  # nothing was started
+
+
+def test_several_seeds_per_link_average_their_rules_and_resume_exactly(tmp_path, monkeypatch):
+    """``online.seeds=2``: each link is one population of two online learners; the chain goes
+    on from the mean of their rules; Ctrl-C inside the second link's population, then resume,
+    equals the uninterrupted chain."""
+    from cmo_rl.population import PopulationPPO
+
+    args = [*TINY_ONLINE, "online.passes=2", "online.seeds=2", "meta_test.enabled=false"]
+    full = train(compose([*args, f"run_root={tmp_path / 'full'}"]))
+    df = _metrics(full)
+    assert df["meta/env_steps"].tolist() == [800, 1600]  # 2 seeds x 400 steps per link
+    links = sorted((full / "links").iterdir())
+    members = [sorted(p for p in (link / "meta_lag" / "MockCMDP-v0").iterdir()) for link in links]
+    assert [len(m) for m in members] == [2, 2]
+    assert {"seed: 2", "seed: 3"} == {
+        line for run in members[0] for line in (run / "config.yaml").read_text().splitlines()
+        if line.startswith("seed: ")
+    }  # fmt: skip
+    ended = torch.stack([rule_vector(pretrained.load(run)) for run in members[0]])
+    assert not torch.equal(ended[0], ended[1])  # two seeds, two adaptations ...
+    start = rule_vector(pretrained.load(links[1] / "start_rule.pt"))
+    assert torch.allclose(start, ended.mean(0))  # ... and the chain goes on from their mean
+
+    real, calls = PopulationPPO.update, {"n": 0}
+
+    def interrupted(self, *a, **kw):
+        out = real(self, *a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 6:  # link 1, epoch 2
+            raise KeyboardInterrupt
+        return out
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PopulationPPO, "update", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(compose([*args, f"run_root={tmp_path / 'cut'}"]))
+    cut = next((tmp_path / "cut" / "meta_online" / "MockCMDP-v0").iterdir())
+    resumed = train(compose([*args, f"run_root={tmp_path / 'cut'}", f"resume={cut}"]))
+    pd.testing.assert_frame_equal(_metrics(resumed), df)
+    assert torch.equal(rule_vector(pretrained.load(cut)), rule_vector(pretrained.load(full)))
+    assert (
+        len(list((cut / "links" / "0001-MockCMDP-v0" / "meta_lag" / "MockCMDP-v0").iterdir())) == 2
+    )
