@@ -136,18 +136,32 @@ def save(rule: LearnedLagrangian, path: str | os.PathLike, provenance: dict[str,
 
 
 def describe(name_or_path: str | os.PathLike) -> dict[str, Any]:
-    """A rule file's ``config`` and ``provenance`` (the parameters are not built into a rule).
+    """A rule file's ``config`` (the constructor arguments: its shape and the values it was
+    *initialised* with), its ``learned`` PID part (``kp``, ``ki``, ``kd``, ``alpha_p``,
+    ``alpha_d``, ``offset``: the values it applies) and its ``provenance``.
 
     Examples:
-        >>> import tempfile
-        >>> path = save(LearnedLagrangian(25.0, hidden=0), Path(tempfile.mkdtemp()) / "r.pt",
-        ...             {"tasks": ["SafetyPointGoal1-v0"]})
+        >>> import math, tempfile
+        >>> trained = LearnedLagrangian(25.0, kp=0.1, hidden=0)
+        >>> with torch.no_grad():
+        ...     _ = trained.log_gains[0].fill_(math.log(0.5))
+        >>> path = save(trained, Path(tempfile.mkdtemp()) / "r.pt", {"tasks": ["SafetyPointGoal1-v0"]})
         >>> info = describe(path)
-        >>> info["config"]["hidden"], info["provenance"]["tasks"]
-        (0, ['SafetyPointGoal1-v0'])
+        >>> info["config"]["kp"], round(info["learned"]["kp"], 6), info["provenance"]["tasks"]
+        (0.1, 0.5, ['SafetyPointGoal1-v0'])
     """
     data = _read(resolve(name_or_path))
-    return {"config": data["config"], "provenance": data["provenance"]}
+    params = data["parameters"]
+    gains, alphas = params["log_gains"].exp(), torch.sigmoid(params["logit_alphas"])
+    learned = {
+        "kp": float(gains[0]),
+        "ki": float(gains[1]),
+        "kd": float(gains[2]),
+        "alpha_p": float(alphas[0]),
+        "alpha_d": float(alphas[1]),
+        "offset": float(params["offset"]),
+    }
+    return {"config": data["config"], "learned": learned, "provenance": data["provenance"]}
 
 
 def load(

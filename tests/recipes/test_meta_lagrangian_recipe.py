@@ -58,11 +58,16 @@ def test_population_of_a_learned_rule(tmp_path):
         )
 
 
-def test_shipped_rules_load():
+def test_shipped_rules_load_and_describe_what_they_apply():
+    assert "online-goal1" in pretrained.available()
     for name in pretrained.available():
-        info = pretrained.describe(name)["provenance"]
-        assert {"command", "tasks", "env_steps", "commit"} <= set(info), name
-        assert isinstance(pretrained.load(name, cost_limit=25.0, horizon=50), LearnedLagrangian)
+        info = pretrained.describe(name)
+        assert {"command", "tasks", "env_steps", "commit"} <= set(info["provenance"]), name
+        rule = pretrained.load(name, cost_limit=25.0, horizon=50)
+        assert isinstance(rule, LearnedLagrangian)
+        kp, ki, kd = rule.gains.tolist()
+        assert (info["learned"]["kp"], info["learned"]["ki"], info["learned"]["kd"]) == (kp, ki, kd)
+        assert info["learned"]["offset"] == float(rule.offset)
 
 
 def test_the_run_helper_finds_meta_lag(tmp_path):
