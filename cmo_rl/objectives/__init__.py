@@ -1,5 +1,5 @@
 """Safe-RL objectives: PPO-Lagrangian and critic losses, Lagrange/PID multipliers, the learned
-dual rule, the CPO step."""
+dual and primal rules, the CPO step."""
 
 from cmo_rl.objectives.cpo import (
     CPOStep,
@@ -22,6 +22,14 @@ from cmo_rl.objectives.learned_dual import (
     rule_vector,
     set_rule_vector,
 )
+from cmo_rl.objectives.learned_primal import (
+    LearnedAdam,
+    LearnedPrimalRule,
+    load_primal_rule,
+    primal_rule_vector,
+    save_primal_rule,
+    set_primal_rule_vector,
+)
 from cmo_rl.objectives.multipliers import LagrangeMultiplier, PIDLagrangian, pid_lagrangian_step
 
 __all__ = [
@@ -30,17 +38,23 @@ __all__ = [
     "CriticLoss",
     "LagrangeMultiplier",
     "LagrangianPPOLoss",
+    "LearnedAdam",
     "LearnedLagrangian",
+    "LearnedPrimalRule",
     "PIDLagrangian",
     "conjugate_gradient",
     "cpo_step_direction",
     "fisher_vector_product",
     "lagrangian_advantage",
     "learned_update",
+    "load_primal_rule",
     "make_fisher_vector_product",
     "make_value_estimators",
     "normalize_advantages",
     "pid_lagrangian_step",
+    "primal_rule_vector",
     "rule_vector",
+    "save_primal_rule",
+    "set_primal_rule_vector",
     "set_rule_vector",
 ]

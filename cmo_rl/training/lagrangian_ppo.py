@@ -20,7 +20,10 @@ Each epoch, on a fresh batch of ``steps_per_epoch`` env steps:
    which reads this batch's raw advantages;
 3. the advantages are normalised over the batch, then ``update_iters`` passes of minibatch PPO
    on the penalised advantage :math:`A_L = (A_R - \\lambda A_C) / (1 + \\lambda)` plus both
-   critic losses, stopping early when :math:`KL(\\pi_{old} \\| \\pi_\\theta) >` ``target_kl``.
+   critic losses, stopping early when :math:`KL(\\pi_{old} \\| \\pi_\\theta) >` ``target_kl``;
+   with ``primal_rule`` (a :class:`~cmo_rl.objectives.learned_primal.LearnedPrimalRule` file)
+   the actor's steps are the learned rule's instead of Adam's, told the run's progress and
+   :math:`\\lambda` before the passes.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from torch import nn
 
 from cmo_rl.objectives import LagrangeMultiplier, LagrangianPPOLoss, PIDLagrangian
 from cmo_rl.objectives.learned_dual import LearnedLagrangian
+from cmo_rl.objectives.learned_primal import LearnedAdam, LearnedPrimalRule, load_primal_rule
 from cmo_rl.seeding import seed_everything
 from cmo_rl.training.collection import finished_episodes
 from cmo_rl.training.onpolicy import (
@@ -61,6 +65,7 @@ __all__ = [
     "make_lagrange_multiplier",
     "make_learned_multiplier",
     "make_pid_multiplier",
+    "make_primal_rule",
     "pid_update",
     "step_multiplier",
     "train_lagrangian_ppo",
@@ -189,6 +194,18 @@ def make_learned_multiplier(cfg: DictConfig, device: torch.device) -> LearnedLag
     )
 
 
+def make_primal_rule(cfg: DictConfig) -> LearnedPrimalRule | None:
+    """The learned primal rule of ``cfg.primal_rule`` (a rule file), which replaces the actor's
+    Adam; ``None`` (Adam) when the config has no such key or it is null.
+
+    Examples:
+        >>> make_primal_rule(DictConfig({"primal_rule": None})) is None
+        True
+    """
+    path = cfg.get("primal_rule")
+    return load_primal_rule(path) if path else None
+
+
 def pid_update(pid: PIDLagrangian, episode_cost: float) -> dict[str, float]:
     """PID-Lag's ``update_multiplier``: one PID update on :math:`J_C`; returns its terms
     ``train/pid_p``, ``train/pid_i``, ``train/pid_d``: :math:`K_P P`, :math:`I`,
@@ -280,7 +297,9 @@ def train_lagrangian_ppo(
         multiplier=multiplier,
     )
     optimizer = make_optimizer(
-        {"actor": actor, "critic": critic, "cost_critic": cost_critic}, cfg.lr
+        {"actor": actor, "critic": critic, "cost_critic": cost_critic},
+        cfg.lr,
+        primal_rule=make_primal_rule(cfg),
     )
     learner = make_rule_learner(cfg, multiplier, actor) if make_rule_learner else None
     collector = make_run_collector(run, env, actor, device)
@@ -312,6 +331,10 @@ def train_lagrangian_ppo(
             normalize_batch_advantages(batch)
             lr = linear_lr(cfg.lr, run.epoch, run.num_epochs) if cfg.lr_decay else cfg.lr
             set_lr(optimizer, lr, group="actor")
+            if isinstance(optimizer, LearnedAdam):  # the primal rule's context features
+                optimizer.set_context(
+                    progress=run.epoch / run.num_epochs, multiplier=float(multiplier.value)
+                )
             flat = batch.reshape(-1).select(*loss_module.in_keys)
             update = minibatch_epochs(
                 flat,

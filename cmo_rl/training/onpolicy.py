@@ -85,8 +85,13 @@ def normalize_batch_advantages(batch: TensorDictBase) -> TensorDictBase:
     return batch
 
 
-def make_optimizer(groups: Mapping[str, nn.Module], lr: float) -> torch.optim.Adam:
-    """One Adam over named parameter groups (e.g. ``actor``, ``critic``, ``cost_critic``).
+def make_optimizer(
+    groups: Mapping[str, nn.Module], lr: float, primal_rule: nn.Module | None = None
+) -> torch.optim.Optimizer:
+    """One Adam over named parameter groups (e.g. ``actor``, ``critic``, ``cost_critic``);
+    with a ``primal_rule`` (:class:`~cmo_rl.objectives.learned_primal.LearnedPrimalRule`) a
+    :class:`~cmo_rl.objectives.learned_primal.LearnedAdam` whose ``actor`` group takes the
+    rule's step.
 
     Each group keeps its ``"name"``, so :func:`set_lr` can change one group's learning rate and
     :func:`minibatch_epochs` clips each group's gradient norm separately.
@@ -104,6 +109,10 @@ def make_optimizer(groups: Mapping[str, nn.Module], lr: float) -> torch.optim.Ad
         if not params:
             raise ValueError(f"parameter group {name!r} has no trainable parameters")
         param_groups.append({"params": params, "lr": float(lr), "name": name})
+    if primal_rule is not None:
+        from cmo_rl.objectives.learned_primal import LearnedAdam
+
+        return LearnedAdam(param_groups, primal_rule, lr=float(lr))
     return torch.optim.Adam(param_groups, lr=float(lr))
 
 

@@ -154,10 +154,19 @@ def _readable_rule(value: str) -> bool:
     return True
 
 
-#: The learned dual rule of ``recipes/meta_lagrangian.py`` (a fresh rule starts from ``PID``).
+def _readable_primal_rule(value: str) -> bool:
+    from cmo_rl.objectives.learned_primal import load_primal_rule
+
+    load_primal_rule(value)  # raises ValueError naming the file and the problem
+    return True
+
+
+#: The learned rules of ``recipes/meta_lagrangian.py``: the dual rule (a fresh one starts from
+#: ``PID``) and, optionally, a primal rule in place of the actor's Adam.
 LEARNED: dict[str, Field] = {
     **PID,
     "rule": Field(str, nullable=True, check=_readable_rule),
+    "primal_rule": Field(str, nullable=True, check=_readable_primal_rule),
     "rule_hidden": Field(int, ge=0),
     "meta_lr": Field(float, ge=0),
     "mu": Field(float, ge=0),
@@ -216,6 +225,15 @@ def _compile_needs_a_population(cfg: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def _primal_rule_runs_alone(cfg: Mapping[str, Any]) -> list[str]:
+    if cfg.get("primal_rule") and cfg.get("seeds"):
+        return [
+            "primal_rule: the population engine's vmapped Adam does not take a learned primal "
+            "rule yet; give seeds=null (one run per seed)"
+        ]
+    return []
+
+
 #: The checks of a recipe config that involve several keys (reported with the single-key
 #: problems, in one message, by :func:`cmo_rl.config.validate_config`).
 RULES = (
@@ -223,6 +241,7 @@ RULES = (
     Rule(("total_steps", "steps_per_epoch"), _budget_holds_an_epoch),
     Rule(("minibatch_size", "steps_per_epoch"), _minibatch_fits_epoch),
     Rule(("compile", "seeds"), _compile_needs_a_population),
+    Rule(("primal_rule", "seeds"), _primal_rule_runs_alone),
 )
 
 

@@ -86,3 +86,54 @@ def test_an_online_rule_learns_in_every_learner_of_a_population(tmp_path):
     assert len(written) == 2 and len({Path(p).parent for p in written}) == 2
     rules = [rule_vector(pretrained.load(p)) for p in written]
     assert not torch.equal(rules[0], rules[1])  # two seeds, two rules
+
+
+def test_a_primal_rule_replaces_the_actors_adam(tmp_path, monkeypatch):
+    """``primal_rule=<file>``: a fresh rule trains as Adam (to float32 rounding); a rule that
+    doubles Adam's step trains another policy; the optimizer state resumes exactly; a bad file
+    and a population are refused before any run."""
+    import math
+
+    from cmo_rl.objectives.learned_primal import LearnedPrimalRule, save_primal_rule
+    from cmo_rl.training import lagrangian_ppo
+
+    adam = metrics(train("meta_lagrangian", [*TINY, f"run_root={tmp_path / 'adam'}"]))
+    fresh = save_primal_rule(LearnedPrimalRule(hidden=4), tmp_path / "fresh.pt", {})
+    same = metrics(train("meta_lagrangian", [*TINY, f"primal_rule={fresh}",
+                                             f"run_root={tmp_path / 'fresh'}"]))  # fmt: skip
+    for column in ("train/episode_return", "train/loss_objective", "train/kl"):
+        pd.testing.assert_series_equal(same[column], adam[column], rtol=1e-4, atol=1e-6)
+
+    double = LearnedPrimalRule(hidden=4, output_scale=1.0)
+    with torch.no_grad():
+        double.net[2].bias[0] = math.log(2.0)
+    doubled = save_primal_rule(double, tmp_path / "double.pt", {})
+    args = [*TINY, f"primal_rule={doubled}", "total_steps=1000", "checkpoint_interval=2"]
+    full = metrics(train("meta_lagrangian", [*args, f"run_root={tmp_path / 'double'}"]))
+    assert not full["train/kl"].head(3).equals(adam["train/kl"])  # another optimizer
+
+    real, calls = lagrangian_ppo.minibatch_epochs, {"n": 0}
+
+    def interrupted(*a, **kw):
+        out = real(*a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return out
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lagrangian_ppo, "minibatch_epochs", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train("meta_lagrangian", [*args, f"run_root={tmp_path / 'cut'}"])
+    cut = the_run(tmp_path / "cut", "meta_lagrangian")
+    resumed = train("meta_lagrangian", [*args, f"run_root={tmp_path / 'cut'}", f"resume={cut}"])
+    pd.testing.assert_frame_equal(metrics(resumed), full)
+
+    out = run_cli("meta_lagrangian", [*TINY, f"primal_rule={tmp_path / 'nope.pt'}", "seeds=[0,1]",
+                                      f"run_root={tmp_path / 'bad'}"], cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "primal_rule:" in out.stderr and "nope.pt" in out.stderr
+    out = run_cli("meta_lagrangian", [*TINY, f"primal_rule={fresh}", "seeds=[0,1]",
+                                      f"run_root={tmp_path / 'bad'}"], cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2 and "seeds=null" in out.stderr
+    assert not (tmp_path / "bad").exists()
