@@ -48,6 +48,25 @@ def _metrics(run: Path) -> pd.DataFrame:
     return df.drop(columns=[c for c in df.columns if c.startswith("time/")])
 
 
+def _cut_chain(monkeypatch, owner, name: str, args: list[str], root: Path, at_call: int) -> Path:
+    """Run the chain with ``owner.name`` raising Ctrl-C after its ``at_call``-th call (the
+    weights already changed); returns the interrupted chain's run directory."""
+    real, calls = getattr(owner, name), {"n": 0}
+
+    def interrupted(*a, **kw):
+        out = real(*a, **kw)
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise KeyboardInterrupt
+        return out
+
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, name, interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(compose([*args, f"run_root={root}"]))
+    return next((root / "meta_online" / "MockCMDP-v0").iterdir())
+
+
 def _link_runs(chain: Path) -> list[Path]:
     """The run directory of every link, in chain order (one run per link)."""
     runs = []
@@ -96,20 +115,8 @@ def test_the_chain_carries_one_rule_through_online_runs_and_meta_tests_it(tmp_pa
 def test_ctrl_c_inside_a_link_then_resume_equals_the_uninterrupted_chain(tmp_path, monkeypatch):
     args = [*TINY_ONLINE, "meta_test.enabled=false"]
     full = train(compose([*args, f"run_root={tmp_path / 'full'}"]))
-    real, calls = lagrangian_ppo.minibatch_epochs, {"n": 0}
-
-    def interrupted(*a, **kw):
-        out = real(*a, **kw)
-        calls["n"] += 1
-        if calls["n"] == 6:  # link 1 (the second), epoch 2, after the weights changed
-            raise KeyboardInterrupt
-        return out
-
-    with monkeypatch.context() as patch:
-        patch.setattr(lagrangian_ppo, "minibatch_epochs", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            train(compose([*args, f"run_root={tmp_path / 'cut'}"]))
-    cut = next((tmp_path / "cut" / "meta_online" / "MockCMDP-v0").iterdir())
+    # Ctrl-C in link 1 (the second), epoch 2
+    cut = _cut_chain(monkeypatch, lagrangian_ppo, "minibatch_epochs", args, tmp_path / "cut", 6)
     assert load_checkpoint(latest_checkpoint(cut))["step"] == 1  # one link done
     resumed = train(compose([*args, f"run_root={tmp_path / 'cut'}", f"resume={cut}"]))
     assert resumed == cut
@@ -161,20 +168,7 @@ def test_several_seeds_per_link_average_their_rules_and_resume_exactly(tmp_path,
     start = rule_vector(pretrained.load(links[1] / "start_rule.pt"))
     assert torch.allclose(start, ended.mean(0))  # ... and the chain goes on from their mean
 
-    real, calls = PopulationPPO.update, {"n": 0}
-
-    def interrupted(self, *a, **kw):
-        out = real(self, *a, **kw)
-        calls["n"] += 1
-        if calls["n"] == 6:  # link 1, epoch 2
-            raise KeyboardInterrupt
-        return out
-
-    with monkeypatch.context() as patch:
-        patch.setattr(PopulationPPO, "update", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            train(compose([*args, f"run_root={tmp_path / 'cut'}"]))
-    cut = next((tmp_path / "cut" / "meta_online" / "MockCMDP-v0").iterdir())
+    cut = _cut_chain(monkeypatch, PopulationPPO, "update", args, tmp_path / "cut", 6)  # link 1
     resumed = train(compose([*args, f"run_root={tmp_path / 'cut'}", f"resume={cut}"]))
     pd.testing.assert_frame_equal(_metrics(resumed), df)
     assert torch.equal(rule_vector(pretrained.load(cut)), rule_vector(pretrained.load(full)))
