@@ -66,6 +66,7 @@ from cmo_rl.lifecycle import (
 )
 from cmo_rl.lifecycle.checkpoint import restore_rng_state
 from cmo_rl.lifecycle.resume import locate_resume
+from cmo_rl.lifecycle.signals import raise_if_signalled
 from cmo_rl.meta_es import ES_CHECKPOINT_ENTRIES, train_es
 from cmo_rl.meta_online import ONLINE_CHECKPOINT_ENTRIES, train_online
 from cmo_rl.meta_schema import CONF_DIR, RESUMABLE_KEYS, SCHEMA, check_meta_config
@@ -152,6 +153,7 @@ def train(
     log_interval, ckpt_interval = int(c.log_interval), int(c.checkpoint_interval)
 
     def on_iteration(it: int, metrics: dict[str, float]) -> None:
+        raise_if_signalled()  # a lost SIGTERM stops before iteration `it` is recorded
         row = iteration_metrics(metrics, trainer.last_tasks, cost_limit=cost_limit)
         row["meta/lr"] = float(trainer.outer_optimizer.param_groups[0]["lr"])
         window.add(row)

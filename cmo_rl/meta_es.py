@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cmo_rl.config import ConfigError, TrackedConfig
 from cmo_rl.lifecycle import Run
+from cmo_rl.lifecycle.signals import raise_if_signalled
 from cmo_rl.meta.es import EvolutionStrategy, run_fitness
 from cmo_rl.objectives.learned_dual import (
     LearnedLagrangian,
@@ -291,6 +292,7 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
         if int(state["generation"]) >= total:
             run.echo(f"meta-training already complete ({int(state['generation'])} of {total})")
         while int(state["generation"]) < total:
+            raise_if_signalled()  # a SIGTERM a finalizer swallowed stops between generations
             generation, start = int(state["generation"]), time.perf_counter()
             # 1. the members around the current rule
             members, noise = es.ask(state)

@@ -51,6 +51,7 @@ from torch import nn
 
 from cmo_rl.config import ConfigError, TrackedConfig
 from cmo_rl.lifecycle import Run
+from cmo_rl.lifecycle.signals import raise_if_signalled
 from cmo_rl.meta.online import OnlineRuleLearner
 from cmo_rl.objectives.learned_dual import LearnedLagrangian, rule_vector, set_rule_vector
 
@@ -293,6 +294,7 @@ def train_online(run: Run, c: TrackedConfig) -> Path:
         if done >= len(links):
             run.echo(f"meta-training already complete ({done} of {len(links)} runs)")
         for k in range(done, len(links)):
+            raise_if_signalled()  # a SIGTERM a finalizer swallowed stops between links
             task, seeds = links[k]
             start_time = time.perf_counter()
             link_dirs = train_link(k, task, seeds)

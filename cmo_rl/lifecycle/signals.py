@@ -15,6 +15,11 @@ Only the first SIGTERM raises; later ones are ignored while the context is activ
 is not cut short (a scheduler's follow-up SIGKILL still ends the process). SIGINT keeps Python's
 default behaviour (every Ctrl-C raises :class:`KeyboardInterrupt`).
 
+A handler's exception is lost when the signal lands while Python runs a finalizer or a weakref
+callback ("Exception ignored in ...": ``torch.compile``'s caches run such callbacks all the
+time). So the training loops also call :func:`raise_if_signalled` at their step boundaries: it
+raises :class:`Terminated` again when a SIGTERM was received but the program is still running.
+
 :func:`deferred_signals` is the opposite tool: a short critical section (rewriting a CSV row)
 during which SIGINT/SIGTERM are recorded and re-delivered when the section ends.
 """
@@ -34,8 +39,12 @@ __all__ = [
     "deferred_signals",
     "exit_code_for",
     "graceful_shutdown",
+    "raise_if_signalled",
     "signal_name",
 ]
+
+#: The signal a :func:`graceful_shutdown` handler received and raised (``None``: none yet).
+_received_signal: list[int] = []
 
 
 class Terminated(KeyboardInterrupt):
@@ -132,6 +141,7 @@ def graceful_shutdown(signals: Sequence[int] = (signal.SIGTERM,)) -> Iterator[No
             )
             return
         received.append(signum)
+        _received_signal.append(signum)
         raise Terminated(signum)
 
     previous = {s: signal.signal(s, handler) for s in signals}
@@ -140,6 +150,22 @@ def graceful_shutdown(signals: Sequence[int] = (signal.SIGTERM,)) -> Iterator[No
     finally:
         for s, prev in previous.items():
             signal.signal(s, prev if prev is not None else signal.SIG_DFL)
+        _received_signal.clear()  # handled: the block is being left
+
+
+def raise_if_signalled() -> None:
+    """Raise :class:`Terminated` if a :func:`graceful_shutdown` handler received a signal while
+    the program goes on: its exception was lost in a finalizer or weakref callback. A training
+    loop calls this at each step boundary, where stopping leaves consistent state.
+
+    Examples:
+        >>> raise_if_signalled()  # nothing received: nothing happens
+
+    ``tests/lifecycle/test_signals.py`` loses a SIGTERM in a weakref callback and checks that
+    this raises it.
+    """
+    if _received_signal:
+        raise Terminated(_received_signal[-1])
 
 
 @contextlib.contextmanager

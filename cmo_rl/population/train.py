@@ -47,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cmo_rl.config import ConfigError
 from cmo_rl.lifecycle.resume import locate_resume
-from cmo_rl.lifecycle.signals import deferred_signals
+from cmo_rl.lifecycle.signals import deferred_signals, raise_if_signalled
 from cmo_rl.population.collection import PopulationCollector
 from cmo_rl.population.learners import LearnerNets, stack_learners, unstack_learners
 from cmo_rl.population.loss import LossCoefficients
@@ -277,6 +277,7 @@ def train_population(
                 stack.enter_context(run)
         _write_index(runs, seeds)
         for epoch in range(runs[0].epoch, runs[0].num_epochs):
+            raise_if_signalled()  # every member ended the last epoch: a consistent stop
             start = time.perf_counter()
             batch = collector.collect(params, epoch)  # [P, num_envs, T]
             for run in runs:

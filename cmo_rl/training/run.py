@@ -39,6 +39,7 @@ from cmo_rl.config import ConfigError
 from cmo_rl.envs.factory import max_episode_steps, observation_norm_of
 from cmo_rl.lifecycle import NonFiniteGuard, Run
 from cmo_rl.lifecycle.logging import RunLogger
+from cmo_rl.lifecycle.signals import raise_if_signalled
 from cmo_rl.training.rollout_eval import eval_metrics, evaluate_policy, sync_observation_norm
 from cmo_rl.training.run_state import RESUMABLE_KEYS, recipe_state, restore_snapshot
 from cmo_rl.training.schema import RULES, check_consistency
@@ -235,6 +236,7 @@ class TrainingRun:
                 self._t_batch = time.perf_counter()
                 self._t_collect = self._t_batch - start
                 expected = self.epoch + 1
+                raise_if_signalled()  # a SIGTERM whose exception a finalizer swallowed
                 yield batch
                 if self.epoch != expected:
                     raise RuntimeError("call run.end_epoch(batch, metrics) once per batch")

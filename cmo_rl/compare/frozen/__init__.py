@@ -48,6 +48,7 @@ from cmo_rl.config import ConfigError, Field, device_check, env_id_check
 from cmo_rl.envs.factory import MOCK_ENV_ID
 from cmo_rl.lifecycle import Run, run_cli
 from cmo_rl.lifecycle.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from cmo_rl.lifecycle.signals import raise_if_signalled
 
 __all__ = ["DEFAULTS", "SCHEMA", "load_meta_optimizer", "main", "train"]
 
@@ -226,6 +227,7 @@ def train(cfg: Mapping[str, Any]) -> Path:
         with run.open(progress_total=rounds * steps_per_round):
 
             def on_round(k: int, record: dict[str, float], params: Any) -> None:
+                raise_if_signalled()  # a SIGTERM a finalizer swallowed
                 step = (k + 1) * steps_per_round
                 seconds = record["time/round_data"] + record["time/inner_update"]
                 row = {
