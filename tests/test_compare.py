@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from pathlib import Path
@@ -239,6 +240,26 @@ def test_an_interrupted_run_resumes_from_its_run_directory(fake):
         ckpt.unlink()
     execute([spec], echo=lambda s: None)
     assert fake.resumes()[-1] == "-"
+
+
+def test_a_run_a_signal_stopped_resumes_and_one_that_failed_starts_afresh(fake):
+    """``status.json`` of a killed run (exit -9, or 143 after its own SIGTERM checkpoint):
+    resumed from its newest checkpoint, not cleared; an error exit: a fresh run."""
+    spec = fake.spec(0)
+    first = execute([spec], echo=lambda s: None)[0]
+    checkpoints = first.run_dir / "checkpoints"
+    for code, resumed in ((-9, True), (143, True), (3, False)):
+        (checkpoints / "step_000000000020.pt").rename(checkpoints / "step_000000000010.pt")
+        status = read_status(spec.directory)
+        (spec.directory / "status.json").write_text(
+            json.dumps({**status, "status": "crashed", "returncode": code})
+        )
+        assert run_state(spec) == "crashed"
+        lines: list[str] = []
+        assert execute([spec], echo=lines.append)[0].status == "done"
+        expected = str(first.run_dir) if resumed else "-"
+        assert fake.resumes()[-1] == expected, code
+        assert any(line.startswith("resume   T/cpo/seed0") for line in lines) == resumed
 
 
 def test_a_population_is_one_process_and_one_result_per_seed(fake):

@@ -4,10 +4,12 @@ A run is **done** (:func:`run_state` returns ``"done"``) when its ``status.json`
 the planned run's fingerprint, and its run directory holds ``metrics.csv`` and a final
 checkpoint (``checkpoints/step_<final step>.pt``); a population is done when every member's
 run directory is. A done run is reused, never recomputed. An **interrupted** run (its
-``command.json`` has the planned fingerprint, no ``status.json``, a checkpoint on disk: the
-study was stopped or its session ended) is resumed where its newest checkpoint left it
-(``resume=<run dir>``). Anything else is run again from scratch: a crashed or differently
-configured run has its directory cleared first (the program writes a fresh run directory).
+``command.json`` has the planned fingerprint, a checkpoint on disk, and either no
+``status.json`` — the study was stopped or its session ended — or one that says a signal
+stopped it: killed, ``SIGINT`` / ``SIGTERM`` handled, exit codes ``< 0``, 130, 137, 143) is
+resumed where its newest checkpoint left it (``resume=<run dir>``). Anything else is run again
+from scratch: a run that crashed on its own (an error exit, a timeout) or is differently
+configured has its directory cleared first (the program writes a fresh run directory).
 
 A population run (:attr:`~cmo_rl.compare.plan.RunSpec.seeds`) is one process; its results
 come back as one :class:`RunResult` per member, with that member's run directory.
@@ -182,10 +184,36 @@ def run_state(spec: RunSpec) -> str:
     return "done"
 
 
+#: Exit codes of a program stopped by a signal: killed (``-N`` from ``subprocess``), or Ctrl-C /
+#: SIGKILL / SIGTERM as a shell reports them (``128 + N``; cmo_rl's programs exit 130 / 143).
+_SIGNAL_EXITS = frozenset({130, 137, 143})
+
+
+def stopped_by_a_signal(status: dict[str, Any]) -> bool:
+    """Whether a ``status.json`` records a run that a signal stopped (not one that failed).
+
+    Examples:
+        >>> stopped_by_a_signal({"status": "crashed", "returncode": -9})
+        True
+        >>> stopped_by_a_signal({"status": "crashed", "returncode": 143})
+        True
+        >>> stopped_by_a_signal({"status": "crashed", "returncode": 1})
+        False
+        >>> stopped_by_a_signal({"status": "crashed", "returncode": None})  # a timeout
+        False
+    """
+    code = status.get("returncode")
+    return (
+        status.get("status") == "crashed"
+        and code is not None
+        and (code < 0 or code in _SIGNAL_EXITS)
+    )
+
+
 def resumable(spec: RunSpec) -> Path | None:
     """The run directory to continue an interrupted ``spec`` from (see the module docs), or
     ``None``: it was launched with the planned fingerprint, never finished (no
-    ``status.json``) and left a checkpoint.
+    ``status.json``, or one of a run a signal stopped) and left a checkpoint.
 
     Examples:
         >>> import tempfile
@@ -202,7 +230,8 @@ def resumable(spec: RunSpec) -> Path | None:
         ...     before, resumable(spec) == run
         (None, True)
     """
-    if (spec.directory / STATUS_FILE).exists():
+    status = read_status(spec.directory)
+    if status is not None and not stopped_by_a_signal(status):
         return None
     try:
         launched = json.loads((spec.directory / COMMAND_FILE).read_text())
