@@ -344,36 +344,58 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
             run.save()
             save_rule(generation + 1)
         if c.meta_test.enabled:
-            meta_test_rules(run, c, rule, initial, inner, mu=mu, nu=nu)
+            meta_test_rules(
+                rule, initial, inner, tasks=list(c.env_ids), held_out=list(c.eval_env_ids),
+                seeds=list(c.meta_test.seeds), run_dir=run.run_dir, mu=mu, nu=nu, echo=run.echo,
+            )  # fmt: skip
     return run.run_dir
 
 
 def meta_test_rules(
-    run: Run,
-    c: TrackedConfig,
     rule: LearnedLagrangian,
     initial: torch.Tensor,
     inner: DictConfig,
     *,
+    tasks: Sequence[str],
+    held_out: Sequence[str],
+    seeds: Sequence[int],
+    run_dir: Path,
     mu: float,
     nu: float,
-) -> None:
-    """The learned and the initial rule (PID-Lag), trained on every task with
-    ``meta_test.seeds``: ``meta_test.csv`` (one row per run) and ``meta_test.txt`` (means)."""
+    echo: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """The meta-test of ``cmo meta_algorithm=es|online``: the learned ``rule`` and the
+    ``initial`` one (a :func:`~cmo_rl.objectives.learned_dual.rule_vector`: PID-Lag), trained
+    with ``inner`` on every training and ``held_out`` task with ``seeds`` (one population per
+    task, runs under ``run_dir/meta_test/<task>/``); writes ``run_dir/meta_test.csv`` (one row
+    per run) and ``meta_test.txt`` (means per task, split and rule), echoes the table and
+    returns the rows.
+
+    Examples:
+        >>> import tempfile
+        >>> c = {"es": {"inner": {"total_steps": 100, "steps_per_epoch": 100, "num_envs": 2,
+        ...      "update_iters": 1}, "rule_hidden": 0}, "cost_limit": 1.0, "episode_length": 25,
+        ...      "torch_threads": 1}
+        >>> inner = inner_config(c)
+        >>> rule = initial_rule(inner)
+        >>> frame = meta_test_rules(rule, rule_vector(rule), inner, tasks=["MockCMDP-v0"],
+        ...     held_out=[], seeds=[0], run_dir=Path(tempfile.mkdtemp()), mu=1.0, nu=1.0,
+        ...     echo=lambda text: None)
+        >>> frame[["rule", "split", "task", "seed"]].values.tolist()
+        [['initial (PID-Lag)', 'train', 'MockCMDP-v0', 0], ['learned', 'train', 'MockCMDP-v0', 0]]
+    """
     start = set_rule_vector(LearnedLagrangian(**rule.config()), initial)
     labels = {0: "initial (PID-Lag)", 1: "learned"}
-    held_out = list(c.eval_env_ids)
     rows = []
-    for task in [*c.env_ids, *held_out]:
-        root = run.run_dir / "meta_test" / task
+    for task in [*tasks, *held_out]:
+        root = Path(run_dir) / "meta_test" / task
         for r in evaluate_rules(
-            [start, rule], task=task, seeds=list(c.meta_test.seeds), inner=inner, root=root,
-            mu=mu, nu=nu,
-        ):  # fmt: skip
+            [start, rule], task=task, seeds=list(seeds), inner=inner, root=root, mu=mu, nu=nu
+        ):
             split = "held-out" if task in held_out else "train"
             rows.append({"rule": labels[r.pop("rule")], "split": split, **r})
     frame = pd.DataFrame(rows)
-    frame.to_csv(run.run_dir / "meta_test.csv", index=False)
+    frame.to_csv(Path(run_dir) / "meta_test.csv", index=False)
     table = (
         frame.groupby(["task", "split", "rule"])[
             ["fitness", "final_return", "final_cost", "mean_violation"]
@@ -382,5 +404,6 @@ def meta_test_rules(
         .round(3)
         .to_string()
     )
-    (run.run_dir / "meta_test.txt").write_text(table + "\n")
-    run.echo(f"meta-test ({len(c.meta_test.seeds)} seeds per task):\n{table}")
+    (Path(run_dir) / "meta_test.txt").write_text(table + "\n")
+    echo(f"meta-test ({len(seeds)} seeds per task):\n{table}")
+    return frame

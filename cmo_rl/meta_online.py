@@ -338,5 +338,8 @@ def train_online(run: Run, c: TrackedConfig) -> Path:
                 {**provenance, "links": k + 1, "env_steps": env_steps},
             )
         if c.meta_test.enabled:
-            meta_test_rules(run, c, rule, initial, inner, mu=mu, nu=0.0)
+            meta_test_rules(
+                rule, initial, inner, tasks=list(c.env_ids), held_out=list(c.eval_env_ids),
+                seeds=list(c.meta_test.seeds), run_dir=run.run_dir, mu=mu, nu=0.0, echo=run.echo,
+            )  # fmt: skip
     return run.run_dir

@@ -124,7 +124,15 @@ def set_primal_rule_vector(rule: LearnedPrimalRule, vector: Tensor) -> LearnedPr
 def save_primal_rule(
     rule: LearnedPrimalRule, path: str | os.PathLike, provenance: dict[str, Any]
 ) -> Path:
-    """Write ``rule`` (shape, meta-parameters, ``provenance``) to ``path``, atomically."""
+    """Write ``rule`` (shape, meta-parameters, ``provenance``) to ``path``, atomically.
+
+    Examples:
+        >>> import tempfile
+        >>> path = save_primal_rule(LearnedPrimalRule(hidden=2), Path(tempfile.mkdtemp()) / "p.pt",
+        ...                         {"command": "demo"})
+        >>> torch.load(path, weights_only=True)["provenance"]
+        {'command': 'demo'}
+    """
     path = Path(path)
     data = {
         "format": PRIMAL_FORMAT,
