@@ -112,10 +112,11 @@ def train(
     requested = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     requested = {**requested, "resume": _latest_of_any_type(requested)}
     algorithm = _resumed_algorithm(requested)
-    entries = RULE_PROGRAMS[algorithm][1] if algorithm in RULE_PROGRAMS else CHECKPOINT_ENTRIES
+    rule_program = algorithm in RULE_PROGRAMS
+    entries = RULE_PROGRAMS[algorithm][1] if rule_program else CHECKPOINT_ENTRIES
     run = Run(
         requested,
-        program=f"meta_{algorithm if algorithm in RULE_PROGRAMS else requested['meta_optimizer_type']}",
+        program=f"meta_{algorithm if rule_program else requested['meta_optimizer_type']}",
         task=lambda c: c["env_ids"][0],
         resumable=RESUMABLE_KEYS,
         check=check_meta_config,
@@ -230,12 +231,8 @@ def _resumed_algorithm(requested: Mapping[str, Any]) -> str:
     run_dir, _ = locate_resume(
         requested["resume"], run_root=requested["run_root"], program="meta_es"
     )
-    program = run_dir.parent.parent.name
-    return (
-        program.removeprefix("meta_")
-        if program.removeprefix("meta_") in RULE_PROGRAMS
-        else "bilevel"
-    )
+    algorithm = run_dir.parent.parent.name.removeprefix("meta_")  # the run's program
+    return algorithm if algorithm in RULE_PROGRAMS else "bilevel"
 
 
 def _progress_label(run: Run) -> str:

@@ -53,11 +53,11 @@ from cmo_rl.population.learners import LearnerNets, stack_learners, unstack_lear
 from cmo_rl.population.loss import LossCoefficients
 from cmo_rl.population.rng import LearnerRNG
 from cmo_rl.population.update import BATCH_KEYS, PopulationPPO
-from cmo_rl.training.collection import finished_episodes
 from cmo_rl.training.lagrangian_ppo import (
     MultiplierFactory,
     MultiplierUpdate,
     RuleLearnerFactory,
+    multiplier_step,
     step_multiplier,
     train_lagrangian_ppo,
 )
@@ -289,19 +289,12 @@ def train_population(
                 # raw: the online rule learner scores its rule on them, normalised below)
                 compute_advantages(part, *estimators[p], normalize=False)
                 # 2. multiplier update on the learner's measured mean episode cost J_C
-                episodes = finished_episodes(part)
-                row = episodes.metrics("train")
-                if episodes.count:
-                    episode_cost = row["train/episode_cost"]
-                    if rule_learners[p] is not None:  # the rule's meta-step, then its step
-                        extra = rule_learners[p].update(part, episode_cost, update_multiplier)
-                    else:
-                        extra = update_multiplier(multipliers[p], episode_cost)
-                    row["train/violation"] = episode_cost - float(cfg.cost_limit)
-                    row.update(extra)
-                row["train/lambda"] = multipliers[p].value
+                metrics.append(
+                    multiplier_step(
+                        part, multipliers[p], update_multiplier, cfg.cost_limit, rule_learners[p]
+                    )
+                )
                 normalize_batch_advantages(part)
-                metrics.append(row)
 
             # 3. PPO passes of every learner on its A_L, one vmapped minibatch step
             lr = linear_lr(cfg.lr, epoch, runs[0].num_epochs) if cfg.lr_decay else cfg.lr

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from omegaconf import DictConfig
@@ -66,6 +66,7 @@ __all__ = [
     "make_learned_multiplier",
     "make_pid_multiplier",
     "make_primal_rule",
+    "multiplier_step",
     "pid_update",
     "step_multiplier",
     "train_lagrangian_ppo",
@@ -108,6 +109,45 @@ def step_multiplier(multiplier: nn.Module, episode_cost: float) -> dict[str, flo
     """
     multiplier.update(episode_cost)
     return {}
+
+
+def multiplier_step(
+    batch: TensorDictBase,
+    multiplier: nn.Module,
+    update_multiplier: MultiplierUpdate,
+    cost_limit: float,
+    learner: RuleLearner | None = None,
+) -> dict[str, Any]:
+    """Step 2 of an epoch, for one learner: the ``train/`` metrics of the episodes that
+    finished in ``batch`` and, if any did, one multiplier step on their mean cost :math:`J_C`
+    (``update_multiplier``; with an online ``learner``, its meta-step and then the rule's step),
+    ``train/violation`` (:math:`J_C - d`) and the step's own metrics; ``train/lambda`` always.
+
+    Examples:
+        >>> from cmo_rl.envs.factory import make_env
+        >>> from cmo_rl.modules import actor_critic_from_env
+        >>> env = make_env("MockCMDP-v0", num_envs=2, seed=0, max_episode_steps=5)
+        >>> actor, _, _ = actor_critic_from_env(env, hidden_layers=(8,))
+        >>> batch = env.rollout(5, actor)
+        >>> lam = LagrangeMultiplier(cost_limit=1.0, init_lambda=1.0, lr=0.1, optimizer="sgd")
+        >>> row = multiplier_step(batch, lam, step_multiplier, cost_limit=1.0)
+        >>> row["train/num_episodes"], row["train/violation"] == row["train/episode_cost"] - 1.0
+        (2, True)
+        >>> round(float(row["train/lambda"]), 5) == round(1.0 + 0.1 * row["train/violation"], 5)
+        True
+    """
+    episodes = finished_episodes(batch)
+    metrics = episodes.metrics("train")
+    if episodes.count:
+        episode_cost = metrics["train/episode_cost"]
+        if learner is not None:  # the rule's meta-step, then its step
+            extra = learner.update(batch, episode_cost, update_multiplier)
+        else:
+            extra = update_multiplier(multiplier, episode_cost)
+        metrics["train/violation"] = episode_cost - float(cost_limit)
+        metrics.update(extra)
+    metrics["train/lambda"] = multiplier.value
+    return metrics
 
 
 def make_lagrange_multiplier(cfg: DictConfig, device: torch.device) -> LagrangeMultiplier:
@@ -315,17 +355,7 @@ def train_lagrangian_ppo(
             compute_advantages(batch, gae, cost_gae, normalize=False)
 
             # 2. multiplier update on the measured mean episode cost J_C
-            episodes = finished_episodes(batch)
-            metrics = episodes.metrics("train")
-            if episodes.count:
-                episode_cost = metrics["train/episode_cost"]
-                if learner is not None:  # the rule's meta-step, then its step
-                    extra = learner.update(batch, episode_cost, update_multiplier)
-                else:
-                    extra = update_multiplier(multiplier, episode_cost)
-                metrics["train/violation"] = episode_cost - cfg.cost_limit
-                metrics.update(extra)
-            metrics["train/lambda"] = multiplier.value
+            metrics = multiplier_step(batch, multiplier, update_multiplier, cfg.cost_limit, learner)
 
             # 3. PPO passes on A_L = (A_R - lambda A_C) / (1 + lambda) with KL early stop
             normalize_batch_advantages(batch)
