@@ -308,7 +308,7 @@ def test_graceful_shutdown_flushes_and_checkpoints_on_sigterm(tmp_path):
         from cmo_rl.lifecycle.checkpoint import checkpoint_path, save_checkpoint
         from cmo_rl.lifecycle import run_cli
         from cmo_rl.lifecycle.logging import RunLogger
-        from cmo_rl.lifecycle.signals import graceful_shutdown
+        from cmo_rl.lifecycle.signals import deferred_signals, graceful_shutdown
 
         @run_cli
         def main(run_dir):
@@ -316,8 +316,9 @@ def test_graceful_shutdown_flushes_and_checkpoints_on_sigterm(tmp_path):
             with graceful_shutdown(), RunLogger(run_dir, progress_total=None) as logger:
                 try:
                     for step in itertools.count():
-                        logger.log_scalars({"train/episode_cost": 2.0 * step}, step=step)
-                        logged = step
+                        with deferred_signals():  # row and counter together: no SIGTERM between
+                            logger.log_scalars({"train/episode_cost": 2.0 * step}, step=step)
+                            logged = step
                         if step == 20:
                             print("ready", flush=True)
                         time.sleep(0.001)
