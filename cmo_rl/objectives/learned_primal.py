@@ -26,8 +26,10 @@ Only the ``learned_groups`` (default: the ``actor`` group of
 Adam's. The rule itself is frozen during a run (its meta-parameters are what meta-training
 changes: :func:`primal_rule_vector` / :func:`set_primal_rule_vector` for evolution strategies).
 
-**Not there yet**: meta-training of this rule (ES over whole runs needs it inside the
-population engine's vmapped Adam) and features of the separate reward and cost gradients
+The population engine takes one rule per learner
+(:class:`~cmo_rl.population.learned_adam.StackedLearnedAdam`), the ground for ES over whole
+runs. **Not there yet**: that meta-training itself (``cmo meta_algorithm=es`` perturbs the dual
+rule only) and features of the separate reward and cost gradients
 (PPO's clipped surrogate of :math:`A_L` does not split into them without a second backward
 pass per minibatch).
 """

@@ -4,7 +4,8 @@
 parameters are stacked (:mod:`~cmo_rl.population.learners`), one ``torch.func.vmap`` of
 ``torch.func.grad`` computes every learner's minibatch gradient of the PPO-Lagrangian loss
 (:mod:`~cmo_rl.population.loss`), a stacked Adam with per-network clipping applies them
-(:mod:`~cmo_rl.population.adam`), and :class:`PopulationPPO` runs the passes with a KL early
+(:mod:`~cmo_rl.population.adam`; learned primal rules, one per learner:
+:mod:`~cmo_rl.population.learned_adam`), and :class:`PopulationPPO` runs the passes with a KL early
 stop per learner (:mod:`~cmo_rl.population.update`). The learners' envs step as one batched
 TorchRL env with per-learner normalisers (:mod:`~cmo_rl.population.env`). The multipliers follow their own rules
 per learner (:mod:`~cmo_rl.population.multipliers`). Each piece equals ``P`` separate
@@ -21,6 +22,7 @@ from cmo_rl.population.env import (
     batching_refusal,
     population_env,
 )
+from cmo_rl.population.learned_adam import StackedLearnedAdam, learned_adam_update, stack_rules
 from cmo_rl.population.learners import (
     GROUPS,
     LearnerNets,
@@ -53,16 +55,19 @@ __all__ = [
     "PopulationPPO",
     "StackedAdam",
     "StackedLagrange",
+    "StackedLearnedAdam",
     "StackedPID",
     "adam_update",
     "approx_kl_of",
     "batching_refusal",
     "clip_group_norms",
     "lagrangian_ppo_loss",
+    "learned_adam_update",
     "make_population",
     "population_env",
     "population_seeds",
     "stack_learners",
+    "stack_rules",
     "train_population",
     "train_seeds",
     "unstack_learners",

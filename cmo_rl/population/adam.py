@@ -194,6 +194,47 @@ class StackedAdam:
         )  # fmt: skip
         return new
 
+    # The pure-step protocol of :class:`~cmo_rl.population.update.PopulationPPO`: the state a
+    # step changes, the per-learner tensors it only reads, and the step itself.
+    def trained_state(self) -> dict[str, object]:
+        """What a step changes: ``{"exp_avg", "exp_avg_sq", "step"}`` (leading dim ``P``)."""
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step": self.step}
+
+    def constants(self) -> dict[str, object]:
+        """Per-learner tensors a step reads but does not change: ``{"lr"}``."""
+        return {"lr": self.lr}
+
+    def load_trained_state(self, state: Mapping[str, object]) -> None:
+        """Keep ``state`` (of :meth:`trained_state`'s layout) as the current state."""
+        self.exp_avg, self.exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        self.step = state["step"]
+
+    def apply(
+        self,
+        params: Flat,
+        grads: Flat,
+        state: Mapping[str, object],
+        constants: Mapping[str, object],
+        mask: Tensor | None,
+        multiplier: Tensor,
+    ) -> tuple[dict, dict[str, object]]:
+        """One step as a pure function of the state: ``(new params, new trained state)``.
+        ``multiplier`` (each learner's lambda) is unused by Adam; learned rules read it.
+
+        Examples:
+            >>> adam = StackedAdam({"a": {"w": torch.zeros(1, 2)}}, lr=0.1)
+            >>> new, state = adam.apply({"a": {"w": torch.zeros(1, 2)}},
+            ...                         {"a": {"w": torch.tensor([[1.0, -1.0]])}},
+            ...                         adam.trained_state(), adam.constants(), None, torch.zeros(1))
+            >>> new["a"]["w"], state["step"]  # Adam's first step: lr * sign(g)
+            (tensor([[-0.1000,  0.1000]]), tensor([1.]))
+        """
+        new, avg, avg_sq, step = adam_update(
+            params, grads, state["exp_avg"], state["exp_avg_sq"], state["step"],
+            constants["lr"], mask, self.betas, self.eps,
+        )  # fmt: skip
+        return new, {"exp_avg": avg, "exp_avg_sq": avg_sq, "step": step}
+
     def state_dict_of(self, p: int, optimizer: torch.optim.Adam) -> dict:
         """Learner ``p``'s state as ``optimizer.state_dict()`` of its own ``torch.optim.Adam``
         (``optimizer``: one of :func:`make_optimizer` over that learner's networks, used for

@@ -49,6 +49,7 @@ from cmo_rl.config import ConfigError
 from cmo_rl.lifecycle.resume import locate_resume
 from cmo_rl.lifecycle.signals import deferred_signals, raise_if_signalled
 from cmo_rl.population.collection import PopulationCollector
+from cmo_rl.population.learned_adam import StackedLearnedAdam
 from cmo_rl.population.learners import LearnerNets, stack_learners, unstack_learners
 from cmo_rl.population.loss import LossCoefficients
 from cmo_rl.population.rng import LearnerRNG
@@ -56,7 +57,9 @@ from cmo_rl.population.update import BATCH_KEYS, PopulationPPO
 from cmo_rl.training.lagrangian_ppo import (
     MultiplierFactory,
     MultiplierUpdate,
+    PrimalRuleFactory,
     RuleLearnerFactory,
+    make_primal_rule,
     multiplier_step,
     step_multiplier,
     train_lagrangian_ppo,
@@ -160,6 +163,7 @@ def train_population(
     make_multiplier: MultiplierFactory,
     update_multiplier: MultiplierUpdate = step_multiplier,
     make_rule_learner: RuleLearnerFactory | None = None,
+    make_primal_rule: PrimalRuleFactory = make_primal_rule,
     vectorize: bool = True,
     distinct_seeds: bool = True,
 ) -> list[Path]:
@@ -175,6 +179,10 @@ def train_population(
         make_rule_learner: as for ``train_lagrangian_ppo``; one online learner per learner,
             of its own multiplier and actor (checkpointed in its run as ``rule_learner`` /
             ``rule_optimizer``).
+        make_primal_rule: ``cfg -> LearnedPrimalRule | None``, called once per learner (default:
+            the rule file of ``cfg.primal_rule``): the learners' actors take the rules' steps
+            (:class:`~cmo_rl.population.learned_adam.StackedLearnedAdam`; one rule per
+            learner, so ES can score perturbed rules as one population).
         vectorize: vmap collection and update over the learners (``False``: learner after
             learner, bit for bit equal to single-seed runs; for tests).
         distinct_seeds: refuse a seed listed twice (a user's ``seeds=[0,0]`` is a mistake);
@@ -215,7 +223,7 @@ def train_population(
     # every learner's objects, built as its single-seed run builds them, in its RNG streams
     rng = LearnerRNG(seeds)
     envs, eval_envs, agents, estimators, multipliers, optimizers = [], [], [], [], [], []
-    rule_learners = []
+    rule_learners, primal_rules = [], []
     for p, run in enumerate(runs):
         with rng.activate(p):
             env, eval_env = make_envs(run.cfg)
@@ -228,7 +236,8 @@ def train_population(
             estimators.append(make_estimators(run.cfg, critic, cost_critic, device))
             multipliers.append(make_multiplier(run.cfg, device))
             groups = {"actor": actor, "critic": critic, "cost_critic": cost_critic}
-            optimizers.append(make_optimizer(groups, cfg.lr))
+            primal_rules.append(make_primal_rule(run.cfg))
+            optimizers.append(make_optimizer(groups, cfg.lr, primal_rule=primal_rules[p]))
             learner = (
                 make_rule_learner(run.cfg, multipliers[p], actor) if make_rule_learner else None
             )
@@ -266,7 +275,10 @@ def train_population(
         vectorize=vectorize,
     )
     params = stack_learners(agents)
-    adam = engine.make_optimizer(params, float(cfg.lr))
+    learned = [rule is not None for rule in primal_rules]
+    if any(learned) and not all(learned):
+        raise ValueError("make_primal_rule gave a rule to some learners only")
+    adam = engine.make_optimizer(params, float(cfg.lr), primal_rules if all(learned) else None)
     for p, optimizer in enumerate(optimizers):
         adam.load_state_dict_of(p, optimizer.state_dict())
     target_kl = float(cfg.target_kl) if cfg.kl_early_stop else None
@@ -299,6 +311,8 @@ def train_population(
             # 3. PPO passes of every learner on its A_L, one vmapped minibatch step
             lr = linear_lr(cfg.lr, epoch, runs[0].num_epochs) if cfg.lr_decay else cfg.lr
             adam.set_lr(lr, group="actor")
+            if isinstance(adam, StackedLearnedAdam):  # the primal rules' context feature
+                adam.set_context(progress=epoch / runs[0].num_epochs)
             flat = torch.stack([part.reshape(-1).select(*BATCH_KEYS) for part in parts])
             lambdas = torch.stack([m.value.detach().reshape(()).float() for m in multipliers])
             generators = rng.generators()

@@ -11,8 +11,10 @@ learners at once. Each learner has its own parameters, Adam state, learning rate
    ``torch.func.vmap`` of ``torch.func.grad`` of
    :func:`~cmo_rl.population.loss.lagrangian_ppo_loss` (:math:`\\lambda = 0` is plain PPO),
    per-network norm clipping (:func:`~cmo_rl.population.adam.clip_group_norms`), a
-   non-finite check per learner (the guard: the learner skips that step) and the masked Adam
-   step (:func:`~cmo_rl.population.adam.adam_update`), metrics summed per learner;
+   non-finite check per learner (the guard: the learner skips that step) and the masked
+   optimizer step (:meth:`~cmo_rl.population.adam.StackedAdam.apply`, or
+   the learned primal rules' :class:`~cmo_rl.population.learned_adam.StackedLearnedAdam`),
+   metrics summed per learner;
 3. after the pass, the approximate KL of each running learner on its whole batch
    (:func:`~cmo_rl.population.loss.approx_kl_of`, the non-negative k3 estimator); a learner
    whose KL exceeds its ``target_kl`` stops: no later pass touches its parameters, Adam state
@@ -36,8 +38,10 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 
 from cmo_rl.lifecycle.guard import NAN_POLICIES, NonFiniteError
-from cmo_rl.population.adam import StackedAdam, adam_update, clip_group_norms
+from cmo_rl.objectives.learned_primal import LearnedPrimalRule
+from cmo_rl.population.adam import StackedAdam, clip_group_norms
 from cmo_rl.population.compiling import CompiledOrEager
+from cmo_rl.population.learned_adam import StackedLearnedAdam
 from cmo_rl.population.learners import LearnerNets
 from cmo_rl.population.loss import LOSS_KEYS, LossCoefficients, approx_kl_of, lagrangian_ppo_loss
 
@@ -161,25 +165,36 @@ class PopulationPPO:
         self._step_fn = CompiledOrEager(self._step, what="the population step", compile=compile)
 
     # ------------------------------------------------------------------------------ state
-    def make_optimizer(self, params: TensorDictBase, lr: float | Tensor) -> StackedAdam:
-        """A fresh :class:`~cmo_rl.population.adam.StackedAdam` for ``params`` ``[P]``."""
-        return StackedAdam(self.nets.flat_params(params), lr)
+    def make_optimizer(
+        self,
+        params: TensorDictBase,
+        lr: float | Tensor,
+        primal_rules: Sequence[LearnedPrimalRule] | None = None,
+    ) -> StackedAdam:
+        """A fresh :class:`~cmo_rl.population.adam.StackedAdam` for ``params`` ``[P]``; with
+        ``primal_rules`` (one per learner) a
+        :class:`~cmo_rl.population.learned_adam.StackedLearnedAdam` whose ``actor`` group
+        takes the rules' steps."""
+        flat = self.nets.flat_params(params)
+        if primal_rules is None:
+            return StackedAdam(flat, lr)
+        return StackedLearnedAdam(flat, lr, primal_rules)
 
     # ----------------------------------------------------------------------- one minibatch
     def _step(
         self,
+        apply: Any,
         params: dict,
-        exp_avg: dict,
-        exp_avg_sq: dict,
-        step: Tensor,
-        lr: dict,
+        opt: dict,
+        constants: dict,
         data: dict,
         index: Tensor,
         multiplier: Tensor,
         live: Tensor,
         sums: dict,
     ) -> tuple:
-        """Gather, vmapped gradient, clip, guard, masked Adam, metric sums (pure)."""
+        """Gather, vmapped gradient, clip, guard, masked optimizer step (``apply``: the
+        optimizer's pure step), metric sums (pure)."""
         rows = torch.arange(index.shape[0], device=index.device).unsqueeze(1)
         minibatch = {key: value[rows, index] for key, value in data.items()}
         grads, out = self._grad(params, minibatch, multiplier)
@@ -188,9 +203,7 @@ class PopulationPPO:
         for value in [*(out[k] for k in LOSS_KEYS), *norms.values()]:
             finite = finite & torch.isfinite(value)
         applied = live & finite
-        params, exp_avg, exp_avg_sq, step = adam_update(
-            params, grads, exp_avg, exp_avg_sq, step, lr, applied
-        )
+        params, opt = apply(params, grads, opt, constants, applied, multiplier)
         zero = torch.zeros((), dtype=torch.float32, device=live.device)
         new_sums = {
             key: sums[key] + torch.where(applied, value.float(), zero) for key, value in out.items()
@@ -199,7 +212,7 @@ class PopulationPPO:
         new_sums["grad_norm"] = sums["grad_norm"] + torch.where(applied, norm, zero)
         new_sums["steps"] = sums["steps"] + applied.long()
         new_sums["skipped"] = sums["skipped"] + (live & ~finite).long()
-        return params, exp_avg, exp_avg_sq, step, new_sums, finite
+        return params, opt, new_sums, finite
 
     # ------------------------------------------------------------------------- the update
     def update(
@@ -247,13 +260,12 @@ class PopulationPPO:
             target_kl = torch.as_tensor(target_kl, dtype=torch.float64).expand(size).tolist()
         state = {
             "params": flat,
-            "exp_avg": optimizer.exp_avg,
-            "exp_avg_sq": optimizer.exp_avg_sq,
-            "step": optimizer.step,
-            "lr": optimizer.lr,
+            "opt": optimizer.trained_state(),
+            "constants": optimizer.constants(),
             "data": data,
             "multiplier": multiplier,
         }
+        apply = optimizer.apply
         zeros = torch.zeros(size, dtype=torch.float32, device=device)
         counts = torch.zeros(size, dtype=torch.long, device=device)
         sums: dict[str, Tensor] = {"grad_norm": zeros, "steps": counts, "skipped": counts}
@@ -284,7 +296,7 @@ class PopulationPPO:
                     for p in rows
                 ]
             ).to(device)
-            sub_sums = self._pass(sub, sub_sums, perms, live, n)
+            sub_sums = self._pass(apply, sub, sub_sums, perms, live, n)
             if sub is not state:
                 state = {**state, **_put(_trained(state), chosen, _trained(sub))}
                 sums = _put(sums, chosen, sub_sums)
@@ -301,20 +313,21 @@ class PopulationPPO:
         if target_kl is None:
             for p, value in enumerate(self._measure_kl(state, torch.arange(size, device=device))):
                 kl[p] = value
-        optimizer.exp_avg, optimizer.exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        optimizer.step = state["step"]
+        optimizer.load_trained_state(state["opt"])
         new_params = self.nets.nested_params(state["params"], params.batch_size[:1])
         return new_params, self._results(sums, kl, passes)
 
-    def _pass(self, state: dict, sums: dict, perms: Tensor, live: Tensor, n: int) -> dict:
+    def _pass(
+        self, apply: Any, state: dict, sums: dict, perms: Tensor, live: Tensor, n: int
+    ) -> dict:
         """One pass over the batch in minibatches; updates ``state`` in place, returns sums."""
         for start in range(0, n, self.minibatch_size):
             index = perms[:, start : start + self.minibatch_size]
-            params, exp_avg, exp_avg_sq, step, sums, finite = self._step_fn(
-                state["params"], state["exp_avg"], state["exp_avg_sq"], state["step"],
-                state["lr"], state["data"], index, state["multiplier"], live, sums,
+            params, opt, sums, finite = self._step_fn(
+                apply, state["params"], state["opt"], state["constants"], state["data"], index,
+                state["multiplier"], live, sums,
             )  # fmt: skip
-            state.update(params=params, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, step=step)
+            state.update(params=params, opt=opt)
             if self.nan_policy == "raise" and not bool((finite | ~live).all()):
                 bad = (~finite & live).nonzero().flatten().tolist()
                 raise NonFiniteError(
@@ -395,4 +408,4 @@ def _stack(trees: list) -> Any:
 
 def _trained(state: dict) -> dict:
     """The entries of the update state that a pass changes (compaction scatters them back)."""
-    return {key: state[key] for key in ("params", "exp_avg", "exp_avg_sq", "step")}
+    return {key: state[key] for key in ("params", "opt")}

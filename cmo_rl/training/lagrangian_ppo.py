@@ -96,6 +96,8 @@ class RuleLearner(Protocol):
 #: ``make_rule_learner(cfg, multiplier, actor)``: the online learner of the multiplier's rule,
 #: or ``None`` (the rule stays as built).
 RuleLearnerFactory = Callable[[DictConfig, nn.Module, nn.Module], "RuleLearner | None"]
+#: ``cfg -> LearnedPrimalRule | None``: the learned primal rule of a learner (``None``: Adam).
+PrimalRuleFactory = Callable[[DictConfig], "LearnedPrimalRule | None"]
 
 
 def step_multiplier(multiplier: nn.Module, episode_cost: float) -> dict[str, float]:

@@ -225,15 +225,6 @@ def _compile_needs_a_population(cfg: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def _primal_rule_runs_alone(cfg: Mapping[str, Any]) -> list[str]:
-    if cfg.get("primal_rule") and cfg.get("seeds"):
-        return [
-            "primal_rule: the population engine's vmapped Adam does not take a learned primal "
-            "rule yet; give seeds=null (one run per seed)"
-        ]
-    return []
-
-
 #: The checks of a recipe config that involve several keys (reported with the single-key
 #: problems, in one message, by :func:`cmo_rl.config.validate_config`).
 RULES = (
@@ -241,7 +232,6 @@ RULES = (
     Rule(("total_steps", "steps_per_epoch"), _budget_holds_an_epoch),
     Rule(("minibatch_size", "steps_per_epoch"), _minibatch_fits_epoch),
     Rule(("compile", "seeds"), _compile_needs_a_population),
-    Rule(("primal_rule", "seeds"), _primal_rule_runs_alone),
 )
 
 

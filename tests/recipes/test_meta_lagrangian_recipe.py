@@ -91,7 +91,7 @@ def test_an_online_rule_learns_in_every_learner_of_a_population(tmp_path):
 def test_a_primal_rule_replaces_the_actors_adam(tmp_path, monkeypatch):
     """``primal_rule=<file>``: a fresh rule trains as Adam (to float32 rounding); a rule that
     doubles Adam's step trains another policy; the optimizer state resumes exactly; a bad file
-    and a population are refused before any run."""
+    is refused before any run; a population trains each learner as its single run."""
     import math
 
     from cmo_rl.objectives.learned_primal import LearnedPrimalRule, save_primal_rule
@@ -133,7 +133,9 @@ def test_a_primal_rule_replaces_the_actors_adam(tmp_path, monkeypatch):
                                       f"run_root={tmp_path / 'bad'}"], cwd=tmp_path)  # fmt: skip
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "primal_rule:" in out.stderr and "nope.pt" in out.stderr
-    out = run_cli("meta_lagrangian", [*TINY, f"primal_rule={fresh}", "seeds=[0,1]",
-                                      f"run_root={tmp_path / 'bad'}"], cwd=tmp_path)  # fmt: skip
-    assert out.returncode == 2 and "seeds=null" in out.stderr
     assert not (tmp_path / "bad").exists()
+
+    # as a population (seeds=[...]), every learner's actor takes the rule's steps: learner 0
+    # is the single seed-0 run to float32 rounding (tests/population has the exact checks)
+    pop = train("meta_lagrangian", [*args, "seeds=[0,1]", f"run_root={tmp_path / 'pop'}"])
+    pd.testing.assert_frame_equal(metrics(pop[0]), full, rtol=1e-4, atol=1e-6)
