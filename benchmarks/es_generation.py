@@ -40,14 +40,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STEPS_PER_MEMBER = 200_000  # es.inner.total_steps in cmo_rl/conf/default.yaml
 
 
-def _one(task: str, size: int, steps: int, compiled: bool) -> dict:
+def _one(task: str, size: int, steps: int, compiled: bool, target: str = "dual") -> dict:
     steps_per_epoch = min(10_000, steps)
     with tempfile.TemporaryDirectory() as root:
         cmd = [
             sys.executable, "-m", "cmo_rl.cli", "meta_algorithm=es", f"env_ids=[{task}]",
             "eval_env_ids=[]", "es.generations=1", f"es.pairs={size // 2}", "es.seeds=1",
             f"es.inner.total_steps={steps}", f"es.inner.steps_per_epoch={steps_per_epoch}",
-            "meta_test.enabled=false", "progress=false", f"run_root={root}",
+            f"es.target={target}", "meta_test.enabled=false", "progress=false",
+            f"run_root={root}",
         ]  # fmt: skip
         if task == "MockCMDP-v0":
             cmd.append("episode_length=100")
@@ -64,6 +65,7 @@ def _one(task: str, size: int, steps: int, compiled: bool) -> dict:
     env_steps = size * (steps // steps_per_epoch) * steps_per_epoch
     return {
         "P": size,
+        "target": target,
         "compiled": compiled,
         "env_steps": env_steps,
         "wall_s": wall,
@@ -81,24 +83,33 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--steps", type=int, default=20_000, help="env steps per member")
     parser.add_argument("--compile", action="store_true", help="also the compiled rows")
+    parser.add_argument(
+        "--targets", nargs="+", default=["dual"], choices=["dual", "primal"],
+        help="es.target of the rows (primal: the actors' optimizer is the learned rule)",
+    )  # fmt: skip
     args = parser.parse_args()
     if any(size < 2 or size % 2 for size in args.sizes):
         raise SystemExit("--sizes: each P must be even (antithetic pairs) and >= 2")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.task}")
     print(f"# one generation, {args.steps} env steps per member; projection: 200k per member")
-    print("| P | compiled | env steps | wall s | CPU s | steps/wall-s | steps/CPU-s | peak RSS MB "
-          "| default generation, min |")  # fmt: skip
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| P | es.target | compiled | env steps | wall s | CPU s | steps/wall-s | steps/CPU-s "
+          "| peak RSS MB | default generation, min |")  # fmt: skip
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for size in args.sizes:
-        for compiled in (False, True) if args.compile else (False,):
-            r = _one(args.task, size, args.steps, compiled)
-            print(
-                f"| {r['P']} | {'yes' if compiled else 'no'} | {r['env_steps']:,} | "
-                f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['sps_wall']:.0f} | "
-                f"{r['sps_cpu']:.0f} | {r['peak_rss_mb']:.0f} | "
-                f"{r['default_generation_min']:.1f} |",
-                flush=True,
-            )
+        for target in args.targets:
+            for compiled in (False, True) if args.compile else (False,):
+                r = _one(args.task, size, args.steps, compiled, target)
+                _print_row(r)
+
+
+def _print_row(r: dict) -> None:
+    print(
+        f"| {r['P']} | {r['target']} | {'yes' if r['compiled'] else 'no'} | {r['env_steps']:,} | "
+        f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['sps_wall']:.0f} | "
+        f"{r['sps_cpu']:.0f} | {r['peak_rss_mb']:.0f} | "
+        f"{r['default_generation_min']:.1f} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

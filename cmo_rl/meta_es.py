@@ -1,12 +1,16 @@
-"""``cmo meta_algorithm=es``: a learned lambda rule meta-trained by ES over whole PPO-Lag runs.
+"""``cmo meta_algorithm=es``: a learned rule meta-trained by ES over whole PPO-Lag runs.
 
-Each generation, in numbered steps (the maths: :mod:`cmo_rl.meta.es`):
+``es.target`` picks the rule: ``dual`` (default), the lambda rule
+(:class:`~cmo_rl.objectives.learned_dual.LearnedLagrangian`, starting as PID-Lag), or
+``primal``, the actor's optimizer (:class:`~cmo_rl.objectives.learned_primal.LearnedPrimalRule`
+of ``es.primal_hidden`` units, starting as Adam; the members' lambda follows ``es.inner.rule``,
+PID-Lag when null). Each generation, in numbered steps (the maths: :mod:`cmo_rl.meta.es`):
 
 1. ``2 * es.pairs`` members :math:`\\phi \\pm \\sigma\\epsilon_k` around the current rule
-   :math:`\\phi` (a :class:`~cmo_rl.objectives.learned_dual.LearnedLagrangian`);
+   :math:`\\phi`;
 2. on every task of ``env_ids``: one population (:func:`cmo_rl.population.train.train_population`)
    of ``2 * pairs * es.seeds`` PPO-Lagrangian learners, member ``m`` with seed ``s`` driving its
-   multiplier with rule ``m``; every member of the generation runs the same ``es.seeds`` seeds
+   multiplier (or its actor's steps) with rule ``m``; every member of the generation runs the same ``es.seeds`` seeds
    (common random numbers), new ones each generation. The learners are
    ``recipes/meta_lagrangian.py``'s with ``es.inner`` changed (a cheaper schedule than the
    test's is allowed); their run directories go under ``<run dir>/generations/<g>/<task>/``;
@@ -14,12 +18,13 @@ Each generation, in numbered steps (the maths: :mod:`cmo_rl.meta.es`):
    violation ``es.nu``), ranked within its task and seed;
 4. one Adam ascent step of :math:`\\phi`; a row of ``metrics.csv`` / TensorBoard (``es/*``:
    fitness and the members' final return, cost, violation; ``rule/*``: the rule's gains,
-   filters and offset), a checkpoint (every generation: generations are long) and
-   ``rule.pt``, the current rule in the format of :mod:`cmo_rl.pretrained`, which
-   ``recipes/meta_lagrangian.py rule=<run dir>`` trains with.
+   filters and offset; a primal rule's ``rule/primal_*``), a checkpoint (every generation:
+   generations are long) and ``rule.pt``, the current rule in the format of
+   :mod:`cmo_rl.pretrained`, which ``recipes/meta_lagrangian.py rule=<run dir>`` trains with
+   (a primal rule: ``primal_rule.pt``, for ``primal_rule=<run dir>/primal_rule.pt``).
 
 After the last generation the meta-test (``meta_test.enabled``) trains, on every training task
-and every held-out ``eval_env_ids`` task, the learned rule and the initial one (which is PID-Lag)
+and every held-out ``eval_env_ids`` task, the learned rule and the initial one (PID-Lag or Adam)
 on ``meta_test.seeds`` with the same inner schedule, and writes ``meta_test.csv`` /
 ``meta_test.txt``. An interrupted generation is run again on resume (in new run directories:
 nothing written is rewritten).
@@ -28,6 +33,7 @@ nothing written is rewritten).
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +54,12 @@ from cmo_rl.objectives.learned_dual import (
     rule_vector,
     set_rule_vector,
 )
+from cmo_rl.objectives.learned_primal import (
+    LearnedPrimalRule,
+    primal_rule_vector,
+    save_primal_rule,
+    set_primal_rule_vector,
+)
 
 __all__ = [
     "ES_CHECKPOINT_ENTRIES",
@@ -55,7 +67,9 @@ __all__ = [
     "inner_config",
     "initial_rule",
     "meta_test_rules",
+    "rule_as_vector",
     "rule_metrics",
+    "rule_with_vector",
     "train_es",
 ]
 
@@ -64,14 +78,47 @@ ES_CHECKPOINT_ENTRIES = ("es_state", "initial_rule")
 #: The run-directory name of the members' runs (the meta-Lagrangian recipe's).
 MEMBER_RECIPE = "meta_lag"
 #: Recipe keys the programs set for each inner run (``<section>.inner`` may not set them).
-PER_RUN_KEYS = ("env_id", "seed", "seeds", "run_root", "resume", "meta_lr", "mu")
+PER_RUN_KEYS = ("env_id", "seed", "seeds", "run_root", "resume", "meta_lr", "mu", "primal_rule")
+#: The file a primal-rule ES run writes its current rule to (``primal_rule=<this file>``).
+PRIMAL_RULE_FILE = "primal_rule.pt"
+
+AnyRule = LearnedLagrangian | LearnedPrimalRule
+
+
+def rule_as_vector(rule: AnyRule) -> torch.Tensor:
+    """A dual or primal rule's meta-parameters as one flat vector (what ES perturbs).
+
+    Examples:
+        >>> rule_as_vector(LearnedPrimalRule(hidden=4)).shape, rule_as_vector(
+        ...     LearnedLagrangian(10.0, hidden=0)).shape
+        (torch.Size([34]), torch.Size([6]))
+    """
+    if isinstance(rule, LearnedPrimalRule):
+        return primal_rule_vector(rule)
+    return rule_vector(rule)
+
+
+def rule_with_vector(rule: AnyRule, vector: torch.Tensor) -> AnyRule:
+    """A new rule of ``rule``'s kind and shape with the meta-parameters ``vector``.
+
+    Examples:
+        >>> rule = LearnedPrimalRule(hidden=4)
+        >>> moved = rule_with_vector(rule, rule_as_vector(rule) + 1.0)
+        >>> torch.equal(rule_as_vector(moved), rule_as_vector(rule) + 1.0), type(moved).__name__
+        (True, 'LearnedPrimalRule')
+    """
+    if isinstance(rule, LearnedPrimalRule):
+        return set_primal_rule_vector(LearnedPrimalRule(**rule.config()), vector)
+    return set_rule_vector(LearnedLagrangian(**rule.config()), vector)
 
 
 def inner_config(c: Mapping[str, Any], section: str = "es") -> DictConfig:
     """The inner learners' recipe config: ``recipes/config/meta_lagrangian.yaml`` with
     ``<section>.inner`` changed (``es.inner``, ``online.inner``), the section's ``rule_hidden``
     and ``cmo``'s ``cost_limit``, ``episode_length``, ``torch_threads``; on CPU, the rule
-    frozen, checked as one population (how the members and the meta-test run it).
+    frozen, checked as one population (how the members and the meta-test run it). The lambda
+    rule starts fresh (``rule=null``: PID-Lag), except with ``es.target=primal``, where
+    ``es.inner.rule`` may name the dual rule the members keep (e.g. a shipped one).
 
     Examples:
         >>> c = {"es": {"inner": {"total_steps": 1000, "steps_per_epoch": 100}, "rule_hidden": 4},
@@ -91,9 +138,10 @@ def inner_config(c: Mapping[str, Any], section: str = "es") -> DictConfig:
         "torch_threads": int(c["torch_threads"]),
         "device": "cpu",
         "progress": False,
-        "rule": None,
         "rule_hidden": int(c[section]["rule_hidden"]),
     }
+    if c[section].get("target", "dual") == "dual":
+        own["rule"] = None  # the rule being meta-trained starts fresh
     unknown = sorted(set(inner) - set(base))
     taken = sorted(set(inner) & (set(own) | set(PER_RUN_KEYS)))
     problems = []
@@ -131,20 +179,22 @@ def initial_rule(inner: DictConfig) -> LearnedLagrangian:
     return make_learned_multiplier(inner, torch.device("cpu"))
 
 
-def _one_after_another(rules: Sequence[LearnedLagrangian]) -> Callable[..., LearnedLagrangian]:
-    """A ``make_multiplier`` that hands out ``rules`` in order, one per learner."""
+def _one_after_another(rules: Sequence[AnyRule]) -> Callable[..., AnyRule]:
+    """A ``make_multiplier(cfg, device)`` or ``make_primal_rule(cfg)`` that hands out ``rules``
+    in order, one per learner."""
     queue = list(rules)
 
-    def make(cfg: DictConfig, device: torch.device) -> LearnedLagrangian:
+    def make(cfg: DictConfig, device: torch.device | None = None) -> AnyRule:
         if not queue:
             raise RuntimeError("more learners than rules")
-        return queue.pop(0).to(device)
+        rule = queue.pop(0)
+        return rule if device is None else rule.to(device)
 
     return make
 
 
 def evaluate_rules(
-    rules: Sequence[LearnedLagrangian],
+    rules: Sequence[AnyRule],
     *,
     task: str,
     seeds: Sequence[int],
@@ -157,7 +207,10 @@ def evaluate_rules(
     """Train one PPO-Lagrangian learner per ``(rule, seed)`` on ``task`` as one population
     (rule-major order: rule 0 with every seed, then rule 1, ...); returns one row per learner:
     ``rule`` (index), ``seed``, ``run_dir`` and :func:`~cmo_rl.meta.es.run_fitness`'s values.
-    The members' own messages go to ``log`` (default: ``root/members.log``).
+    The members' own messages go to ``log`` (default: ``root/members.log``). Dual rules
+    (:class:`~cmo_rl.objectives.learned_dual.LearnedLagrangian`) drive the learners'
+    multipliers; primal rules (:class:`~cmo_rl.objectives.learned_primal.LearnedPrimalRule`)
+    their actors' steps, beside the multiplier of ``inner`` (``inner.rule``, or PID-Lag).
 
     Examples:
         >>> import tempfile
@@ -178,19 +231,28 @@ def evaluate_rules(
         inner,
         {"env_id": task, "seeds": [s for _, s in pairs], "run_root": str(root), "resume": None},
     )
-    learners = [LearnedLagrangian(**rules[r].config()) for r, _ in pairs]
-    for learner, (r, _) in zip(learners, pairs):
-        learner.load_state_dict(rules[r].state_dict())
-        learner.horizon = max(int(cfg.total_steps) // int(cfg.steps_per_epoch), 1)
-        learner.reset_state()
+    if all(isinstance(rule, LearnedPrimalRule) for rule in rules):
+        from cmo_rl.training.lagrangian_ppo import make_learned_multiplier
+
+        factories = {
+            "make_multiplier": make_learned_multiplier,
+            "make_primal_rule": _one_after_another([rules[r] for r, _ in pairs]),
+        }
+    else:
+        learners = [LearnedLagrangian(**rules[r].config()) for r, _ in pairs]
+        for learner, (r, _) in zip(learners, pairs):
+            learner.load_state_dict(rules[r].state_dict())
+            learner.horizon = max(int(cfg.total_steps) // int(cfg.steps_per_epoch), 1)
+            learner.reset_state()
+        factories = {"make_multiplier": _one_after_another(learners)}
     root.mkdir(parents=True, exist_ok=True)
     with open(log or root / "members.log", "a") as out, contextlib.redirect_stdout(out):
         run_dirs = train_population(
             cfg,
             recipe=MEMBER_RECIPE,
-            make_multiplier=_one_after_another(learners),
             update_multiplier=learned_update,
             distinct_seeds=False,
+            **factories,
         )
     rows = []
     for (r, s), run_dir in zip(pairs, run_dirs):
@@ -201,13 +263,29 @@ def evaluate_rules(
     return rows
 
 
-def rule_metrics(rule: LearnedLagrangian) -> dict[str, float]:
-    """The rule's PID part as ``rule/*`` metrics: gains, filter factors and offset.
+def rule_metrics(rule: AnyRule) -> dict[str, float]:
+    """``rule/*`` metrics. A dual rule: its PID part (gains, filter factors and offset). A
+    primal rule: what it does to Adam's step at a probe coordinate whose Adam direction,
+    gradient and slow momentum agree at :math:`\\pm 1`, halfway through a run with
+    :math:`\\lambda = 1`: ``rule/primal_scale`` (:math:`e^{a}`, the factor on Adam's step) and
+    ``rule/primal_shift`` (:math:`b` along Adam's direction), both averaged over the two signs
+    (1 and 0 for Adam).
 
     Examples:
         >>> round(rule_metrics(LearnedLagrangian(25.0, kp=0.2, hidden=0))["rule/kp"], 6)
         0.2
+        >>> rule_metrics(LearnedPrimalRule(hidden=4))  # a fresh rule is Adam
+        {'rule/primal_scale': 1.0, 'rule/primal_shift': 0.0}
     """
+    if isinstance(rule, LearnedPrimalRule):
+        sign = torch.tensor([[-1.0], [1.0]])
+        probe = torch.cat([sign.expand(2, 3), torch.tensor([[0.5, math.log(2.0)]]).expand(2, 2)], 1)
+        with torch.no_grad():
+            out = rule(probe)
+        return {
+            "rule/primal_scale": float(out[:, 0].exp().mean()),
+            "rule/primal_shift": float((out[:, 1] * sign[:, 0]).mean()),
+        }
     gains, alphas = rule.gains.detach(), rule.alphas.detach()
     return {
         "rule/kp": float(gains[0]),
@@ -252,14 +330,18 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
         sigma=float(es_cfg.sigma), lr=float(es_cfg.lr), pairs=int(es_cfg.pairs), seed=int(c.seed)
     )
     mu, nu = float(c.mu), float(es_cfg.nu)
-    rule = initial_rule(inner)
-    initial = rule_vector(rule)
+    target = str(es_cfg.target)
+    if target == "primal":
+        rule: AnyRule = LearnedPrimalRule(hidden=int(es_cfg.primal_hidden))  # = Adam
+    else:
+        rule = initial_rule(inner)  # = PID-Lag
+    initial = rule_as_vector(rule)
     state = es.init_state(initial)
     if run.state is not None:
         try:
             state = es.init_state(initial).update_(dict(run.state["es_state"]))
             initial = run.state["initial_rule"].float()
-            set_rule_vector(rule, state["center"])
+            rule = rule_with_vector(rule, state["center"])
         except (RuntimeError, KeyError, ValueError) as err:
             raise ConfigError([f"resume: the checkpoint does not fit this config: {err}"]) from None
     total = int(es_cfg.generations)
@@ -271,7 +353,7 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
         "tasks": tasks,
         "cost_limit": float(c.cost_limit),
         "inner": OmegaConf.to_container(inner, resolve=True),
-        "es": {k: es_cfg[k] for k in ("pairs", "seeds", "sigma", "lr", "nu")},
+        "es": {k: es_cfg[k] for k in ("target", "pairs", "seeds", "sigma", "lr", "nu")},
         "mu": mu,
         "commit": pretrained.current_commit(),
     }
@@ -279,7 +361,10 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
     def save_rule(generation: int) -> None:
         env_steps = generation * 2 * es.pairs * seeds_per_member * len(tasks) * steps_per_run
         prov = {**provenance, "generations": generation, "env_steps": env_steps}
-        pretrained.save(rule, run.run_dir / "rule.pt", prov)
+        if isinstance(rule, LearnedPrimalRule):
+            save_primal_rule(rule, run.run_dir / PRIMAL_RULE_FILE, prov)
+        else:
+            pretrained.save(rule, run.run_dir / "rule.pt", prov)
 
     def snapshot() -> None:
         run.snapshot(
@@ -296,7 +381,7 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
             generation, start = int(state["generation"]), time.perf_counter()
             # 1. the members around the current rule
             members, noise = es.ask(state)
-            rules = [set_rule_vector(LearnedLagrangian(**rule.config()), m) for m in members]
+            rules = [rule_with_vector(rule, m) for m in members]
             # 2. every member on every task and seed (one population per task)
             seeds = [
                 (int(c.seed) * 7919 + generation * seeds_per_member + s) % 2**31
@@ -320,7 +405,7 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
                 dtype=torch.float32,
             )
             before, state = state["center"], es.tell(state, noise, fitness)
-            set_rule_vector(rule, state["center"])
+            rule = rule_with_vector(rule, state["center"])
             row = {
                 "es/fitness_mean": float(frame["fitness"].mean()),
                 "es/fitness_max": float(frame["fitness"].max()),
@@ -352,7 +437,7 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
 
 
 def meta_test_rules(
-    rule: LearnedLagrangian,
+    rule: AnyRule,
     initial: torch.Tensor,
     inner: DictConfig,
     *,
@@ -365,7 +450,7 @@ def meta_test_rules(
     echo: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """The meta-test of ``cmo meta_algorithm=es|online``: the learned ``rule`` and the
-    ``initial`` one (a :func:`~cmo_rl.objectives.learned_dual.rule_vector`: PID-Lag), trained
+    ``initial`` one (a :func:`rule_as_vector`: PID-Lag, or Adam for a primal rule), trained
     with ``inner`` on every training and ``held_out`` task with ``seeds`` (one population per
     task, runs under ``run_dir/meta_test/<task>/``); writes ``run_dir/meta_test.csv`` (one row
     per run) and ``meta_test.txt`` (means per task, split and rule), echoes the table and
@@ -384,8 +469,9 @@ def meta_test_rules(
         >>> frame[["rule", "split", "task", "seed"]].values.tolist()
         [['initial (PID-Lag)', 'train', 'MockCMDP-v0', 0], ['learned', 'train', 'MockCMDP-v0', 0]]
     """
-    start = set_rule_vector(LearnedLagrangian(**rule.config()), initial)
-    labels = {0: "initial (PID-Lag)", 1: "learned"}
+    start = rule_with_vector(rule, initial)
+    labels = {0: f"initial ({'Adam' if isinstance(rule, LearnedPrimalRule) else 'PID-Lag'})"}
+    labels[1] = "learned"
     rows = []
     for task in [*tasks, *held_out]:
         root = Path(run_dir) / "meta_test" / task

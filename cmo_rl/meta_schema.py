@@ -33,9 +33,15 @@ from cmo_rl.config import Field, Rule, env_id_check, layer_widths, validate_conf
 from cmo_rl.envs.factory import MOCK_ENV_ID
 from cmo_rl.lifecycle import RUN_FIELDS
 
+#: What ``es.target`` meta-trains: the multiplier's rule (a
+#: :class:`~cmo_rl.objectives.learned_dual.LearnedLagrangian`) or the actor's optimizer (a
+#: :class:`~cmo_rl.objectives.learned_primal.LearnedPrimalRule`).
+ES_TARGETS = ("dual", "primal")
+
 __all__ = [
     "CONF_DIR",
     "DEFAULT_CONFIG",
+    "ES_TARGETS",
     "RESUMABLE_KEYS",
     "RULES",
     "SCHEMA",
@@ -156,6 +162,8 @@ SCHEMA: dict[str, Any] = {
         "lr": Field(float, gt=0),
         "nu": Field(float, ge=0),
         "rule_hidden": Field(int, ge=0),
+        "target": Field(str, choices=ES_TARGETS),
+        "primal_hidden": Field(int, ge=1),
         "inner": Field(dict),
     },
     # online meta-gradient through a chain of runs (meta_algorithm=online)

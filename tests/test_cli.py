@@ -321,7 +321,7 @@ def test_every_config_key_is_read_by_the_program(tmp_path):
     )
     rule_only = {
         "es.generations", "es.pairs", "es.seeds", "es.sigma", "es.lr", "es.nu", "es.rule_hidden",
-        "online.passes", "online.seeds", "online.lr", "online.rule_hidden",
+        "es.target", "es.primal_hidden", "online.passes", "online.seeds", "online.lr", "online.rule_hidden",
     }  # fmt: skip
     unread = tracked[0].unread()
     inner = ("es.inner.", "online.inner.")
@@ -334,6 +334,8 @@ def test_every_config_key_is_read_by_the_program(tmp_path):
             "es.generations=1",
             "es.pairs=1",
             "es.rule_hidden=2",
+            "es.target=primal",  # reads es.primal_hidden too (and es.rule_hidden, for lambda)
+            "es.primal_hidden=2",
             "es.inner.total_steps=100",
             "es.inner.steps_per_epoch=100",
             "es.inner.num_envs=2",

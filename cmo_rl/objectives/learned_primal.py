@@ -27,9 +27,9 @@ Adam's. The rule itself is frozen during a run (its meta-parameters are what met
 changes: :func:`primal_rule_vector` / :func:`set_primal_rule_vector` for evolution strategies).
 
 The population engine takes one rule per learner
-(:class:`~cmo_rl.population.learned_adam.StackedLearnedAdam`), the ground for ES over whole
-runs. **Not there yet**: that meta-training itself (``cmo meta_algorithm=es`` perturbs the dual
-rule only) and features of the separate reward and cost gradients
+(:class:`~cmo_rl.population.learned_adam.StackedLearnedAdam`), on which
+``cmo meta_algorithm=es es.target=primal`` meta-trains the rule by ES over whole runs
+(:mod:`cmo_rl.meta_es`). **Not there yet**: features of the separate reward and cost gradients
 (PPO's clipped surrogate of :math:`A_L` does not split into them without a second backward
 pass per minibatch).
 """

@@ -92,3 +92,44 @@ def test_bad_es_config_is_one_message(tmp_path):
     with pytest.raises(ConfigError, match="es.inner: update_iters"):
         train(compose([*TINY_ES, "es.inner.update_iters=0", f"run_root={tmp_path}"]))
     assert not list(Path(tmp_path).rglob("metrics.csv"))  # nothing was started
+
+
+def test_es_meta_trains_a_primal_rule_beside_a_given_lambda_rule(tmp_path):
+    """``es.target=primal``: the members differ in their actors' optimizer (the primal rule,
+    starting as Adam), keep the lambda rule ``es.inner.rule``, and the run writes
+    ``primal_rule.pt`` (the ES center) that the recipe's ``primal_rule=`` loads; switching the
+    target of a run on resume is refused; ``es.inner.rule`` is refused for the dual target."""
+    from cmo_rl.meta_es import rule_metrics
+    from cmo_rl.objectives.learned_primal import load_primal_rule, primal_rule_vector
+
+    primal = [*TINY_ES, "es.target=primal", "es.primal_hidden=4", "es.generations=2",
+              "+es.inner.rule=online-goal1", f"run_root={tmp_path / 'primal'}"]  # fmt: skip
+    run = train(compose(primal))
+    df = _metrics(run)
+    assert "rule/kp" not in df and df["step"].tolist() == [1, 2]
+    assert df["rule/primal_scale"].ne(1.0).all()  # the rule left Adam in the first step
+    fitness = pd.read_csv(run / "generations" / "0000" / "fitness.csv")
+    assert fitness["final_return"].nunique() == 4  # four optimizers, four different runs
+    member = load_checkpoint(latest_checkpoint(Path(fitness["run_dir"][0])))
+    assert member["config"]["rule"] == "online-goal1"  # the lambda rule the members keep
+    assert "exp_avg_slow" in next(iter(member["optimizer"]["state"].values()))
+    center = load_checkpoint(latest_checkpoint(run))["es_state"]["center"]
+    rule = load_primal_rule(run / "primal_rule.pt")
+    assert torch.equal(primal_rule_vector(rule), center) and rule.hidden == 4
+    assert rule_metrics(rule)["rule/primal_scale"] == pytest.approx(
+        df["rule/primal_scale"].iloc[-1]
+    )
+    assert not (run / "rule.pt").exists()
+    assert sorted(pd.read_csv(run / "meta_test.csv")["rule"].unique()) == [
+        "initial (Adam)",
+        "learned",
+    ]
+
+    with pytest.raises(ConfigError, match="resume: the checkpoint does not fit"):
+        train(
+            compose(
+                [*TINY_ES, "es.generations=3", f"resume={run}", f"run_root={tmp_path / 'primal'}"]
+            )
+        )
+    with pytest.raises(ConfigError, match=r"es.inner: \['rule'\] are set by cmo"):
+        train(compose([*TINY_ES, "+es.inner.rule=online-goal1", f"run_root={tmp_path / 'dual'}"]))
