@@ -416,14 +416,13 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
                 **rule_metrics(rule),
                 "meta/env_steps": (generation + 1) * len(rows) * steps_per_run,
                 "time/generation": time.perf_counter() - start,
-                "time/total": run.time_total,
             }
-            run.logger.log_scalars(row, step=generation + 1)
-            run.logger.update(1)
-            run.echo(
-                f"generation {generation + 1}/{total}: fitness {row['es/fitness_mean']:.4g} "
+            run.record(
+                row,
+                step=generation + 1,
+                line=f"generation {generation + 1}/{total}: fitness {row['es/fitness_mean']:.4g} "
                 f"(best {row['es/fitness_max']:.4g}), return {row['es/final_return']:.4g}, "
-                f"cost {row['es/final_cost']:.4g}, {row['time/generation']:.0f} s"
+                f"cost {row['es/final_cost']:.4g}, {row['time/generation']:.0f} s",
             )
             snapshot()
             run.save()

@@ -318,16 +318,14 @@ def train_online(run: Run, c: TrackedConfig) -> Path:
                 **rule_metrics(rule),
                 "meta/env_steps": (k + 1) * len(seeds) * steps_per_link,
                 "time/link": time.perf_counter() - start_time,
-                "time/total": run.time_total,
             }
-            run.logger.log_scalars(row, step=k + 1)
-            run.logger.update(1)
-            run.echo(
-                f"link {k + 1}/{len(links)} ({task}, seed{'s' * (len(seeds) > 1)} "
+            run.record(
+                row,
+                step=k + 1,
+                line=f"link {k + 1}/{len(links)} ({task}, seed{'s' * (len(seeds) > 1)} "
                 f"{', '.join(map(str, seeds))}): return "
                 f"{row['online/final_return']:.4g}, cost {row['online/final_cost']:.4g}, "
-                f"mean violation {row['online/mean_violation']:.4g}, "
-                f"{row['time/link']:.0f} s"
+                f"mean violation {row['online/mean_violation']:.4g}, {row['time/link']:.0f} s",
             )
             snapshot(k + 1)
             run.save()

@@ -234,6 +234,28 @@ class Run:
         else:
             print(text, flush=True)
 
+    def record(self, row: Mapping[str, float], step: int, line: str | None = None) -> None:
+        """One finished unit of work (a generation, a link): ``row`` and ``time/total`` (the
+        run's wall-clock seconds, over all resumes) to ``metrics.csv`` and TensorBoard at
+        ``step``, the progress bar one unit on, and ``line`` echoed.
+
+        Examples:
+            >>> import tempfile
+            >>> run = Run({"run_root": tempfile.mkdtemp(), "resume": None, "progress": False},
+            ...           program="demo", task=lambda c: "task", resumable={"resume"})
+            >>> with run.open():  # doctest: +ELLIPSIS
+            ...     run.record({"demo/x": 1.5}, step=1, line="unit 1 done")
+            run directory: ...
+            unit 1 done
+            finished: ...
+            >>> (run.run_dir / "metrics.csv").read_text().splitlines()[0]
+            'step,demo/x,time/total'
+        """
+        self.logger.log_scalars({**row, "time/total": self.time_total}, step=step)
+        self.logger.update(1)
+        if line is not None:
+            self.echo(line)
+
     def __enter__(self) -> Run:
         stack = ExitStack()
         try:
