@@ -65,6 +65,7 @@ __all__ = [
     "ES_CHECKPOINT_ENTRIES",
     "evaluate_rules",
     "inner_config",
+    "inner_provenance",
     "initial_rule",
     "meta_test_rules",
     "rule_as_vector",
@@ -162,6 +163,23 @@ def inner_config(c: Mapping[str, Any], section: str = "es") -> DictConfig:
     except ConfigError as err:
         raise ConfigError([f"{section}.inner: {p}" for p in err.problems]) from None
     return cfg
+
+
+def inner_provenance(inner: DictConfig) -> dict[str, Any]:
+    """The inner runs' settings for a rule file's provenance: ``inner`` without the keys each
+    run sets for itself (task, seed, run directory), whose recipe defaults would mislead.
+
+    Examples:
+        >>> c = {"es": {"inner": {"total_steps": 1000, "steps_per_epoch": 100}, "rule_hidden": 4},
+        ...      "cost_limit": 10.0, "episode_length": 25, "torch_threads": 1}
+        >>> record = inner_provenance(inner_config(c))
+        >>> "env_id" in record, "seed" in record, record["total_steps"]
+        (False, False, 1000)
+    """
+    record = OmegaConf.to_container(inner, resolve=True)
+    for key in ("env_id", "seed", "seeds", "run_root", "resume"):
+        record.pop(key, None)
+    return record
 
 
 def initial_rule(inner: DictConfig) -> LearnedLagrangian:
@@ -352,7 +370,7 @@ def train_es(run: Run, c: TrackedConfig) -> Path:
         "command": "cmo " + " ".join(sys.argv[1:]),
         "tasks": tasks,
         "cost_limit": float(c.cost_limit),
-        "inner": OmegaConf.to_container(inner, resolve=True),
+        "inner": inner_provenance(inner),
         "es": {k: es_cfg[k] for k in ("target", "pairs", "seeds", "sigma", "lr", "nu")},
         "mu": mu,
         "commit": pretrained.current_commit(),

@@ -231,7 +231,13 @@ def train_online(run: Run, c: TrackedConfig) -> Path:
     """
     from cmo_rl import pretrained
     from cmo_rl.meta.es import run_fitness
-    from cmo_rl.meta_es import MEMBER_RECIPE, inner_config, meta_test_rules, rule_metrics
+    from cmo_rl.meta_es import (
+        MEMBER_RECIPE,
+        inner_config,
+        inner_provenance,
+        meta_test_rules,
+        rule_metrics,
+    )
     from cmo_rl.objectives.learned_dual import learned_update
     from cmo_rl.population.train import train_seeds
     from cmo_rl.training.lagrangian_ppo import make_learned_multiplier
@@ -257,7 +263,7 @@ def train_online(run: Run, c: TrackedConfig) -> Path:
         "tasks": list(c.env_ids),
         "cost_limit": float(c.cost_limit),
         "meta_algorithm": "online",
-        "inner": OmegaConf.to_container(link_base, resolve=True),
+        "inner": inner_provenance(link_base),
         "online": {k: c.online[k] for k in ("lr", "passes", "seeds")},
         "mu": mu,
         "commit": pretrained.current_commit(),

@@ -65,6 +65,7 @@ def test_es_run_writes_fitness_rule_and_meta_test_and_resumes_exactly(tmp_path):
     info = pretrained.describe(full)["provenance"]
     assert info["tasks"] == ["MockCMDP-v0"] and info["generations"] == 3
     assert info["env_steps"] == 4800
+    assert info["inner"]["total_steps"] == 400 and "env_id" not in info["inner"]  # set per run
     meta_test = pd.read_csv(full / "meta_test.csv")
     assert sorted(meta_test["rule"].unique()) == ["initial (PID-Lag)", "learned"]
     assert (full / "meta_test.txt").read_text().count("MockCMDP-v0") == 1
