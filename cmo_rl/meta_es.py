@@ -21,7 +21,7 @@ PID-Lag when null). Each generation, in numbered steps (the maths: :mod:`cmo_rl.
    filters and offset; a primal rule's ``rule/primal_*``), a checkpoint (every generation:
    generations are long) and ``rule.pt``, the current rule in the format of
    :mod:`cmo_rl.pretrained`, which ``recipes/meta_lagrangian.py rule=<run dir>`` trains with
-   (a primal rule: ``primal_rule.pt``, for ``primal_rule=<run dir>/primal_rule.pt``).
+   (a primal rule: ``primal_rule.pt``, for ``primal_rule=<run dir>``).
 
 After the last generation the meta-test (``meta_test.enabled``) trains, on every training task
 and every held-out ``eval_env_ids`` task, the learned rule and the initial one (PID-Lag or Adam)
@@ -55,6 +55,7 @@ from cmo_rl.objectives.learned_dual import (
     set_rule_vector,
 )
 from cmo_rl.objectives.learned_primal import (
+    PRIMAL_RULE_FILE,
     LearnedPrimalRule,
     primal_rule_vector,
     save_primal_rule,
@@ -80,8 +81,6 @@ ES_CHECKPOINT_ENTRIES = ("es_state", "initial_rule")
 MEMBER_RECIPE = "meta_lag"
 #: Recipe keys the programs set for each inner run (``<section>.inner`` may not set them).
 PER_RUN_KEYS = ("env_id", "seed", "seeds", "run_root", "resume", "meta_lr", "mu", "primal_rule")
-#: The file a primal-rule ES run writes its current rule to (``primal_rule=<this file>``).
-PRIMAL_RULE_FILE = "primal_rule.pt"
 
 AnyRule = LearnedLagrangian | LearnedPrimalRule
 

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "PRIMAL_RULE_FILE",
     "LearnedAdam",
     "LearnedPrimalRule",
     "load_primal_rule",
@@ -56,6 +57,9 @@ __all__ = [
 
 #: The ``format`` entry of a primal rule file.
 PRIMAL_FORMAT = "cmo_rl.learned_primal/1"
+#: The file an ES run (``es.target=primal``) keeps its current rule in; a run directory that
+#: holds one loads as that file.
+PRIMAL_RULE_FILE = "primal_rule.pt"
 
 
 class LearnedPrimalRule(nn.Module):
@@ -149,8 +153,9 @@ def save_primal_rule(
 
 
 def load_primal_rule(path: str | os.PathLike) -> LearnedPrimalRule:
-    """The rule of a file written by :func:`save_primal_rule`; a ``ValueError`` naming the
-    file for anything else.
+    """The rule of a file written by :func:`save_primal_rule` (or of the
+    :data:`PRIMAL_RULE_FILE` in a run directory: ``cmo meta_algorithm=es es.target=primal``'s);
+    a ``ValueError`` naming the file for anything else.
 
     Examples:
         >>> import tempfile
@@ -160,6 +165,8 @@ def load_primal_rule(path: str | os.PathLike) -> LearnedPrimalRule:
         True
     """
     path = Path(path)
+    if path.is_dir() and (path / PRIMAL_RULE_FILE).is_file():
+        path = path / PRIMAL_RULE_FILE
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message

@@ -115,7 +115,7 @@ def test_es_meta_trains_a_primal_rule_beside_a_given_lambda_rule(tmp_path):
     assert member["config"]["rule"] == "online-goal1"  # the lambda rule the members keep
     assert "exp_avg_slow" in next(iter(member["optimizer"]["state"].values()))
     center = load_checkpoint(latest_checkpoint(run))["es_state"]["center"]
-    rule = load_primal_rule(run / "primal_rule.pt")
+    rule = load_primal_rule(run)  # the run directory loads as its primal_rule.pt
     assert torch.equal(primal_rule_vector(rule), center) and rule.hidden == 4
     assert rule_metrics(rule)["rule/primal_scale"] == pytest.approx(
         df["rule/primal_scale"].iloc[-1]
