@@ -23,6 +23,7 @@ from cmo_rl.objectives.learned_dual import (
     set_rule_vector,
 )
 from cmo_rl.objectives.learned_primal import (
+    PRIMAL_RULE_FILE,
     LearnedAdam,
     LearnedPrimalRule,
     load_primal_rule,
@@ -31,8 +32,10 @@ from cmo_rl.objectives.learned_primal import (
     set_primal_rule_vector,
 )
 from cmo_rl.objectives.multipliers import LagrangeMultiplier, PIDLagrangian, pid_lagrangian_step
+from cmo_rl.objectives.rule_file import read_rule_file, write_rule_file
 
 __all__ = [
+    "PRIMAL_RULE_FILE",
     "CPOStep",
     "CPOUpdate",
     "CriticLoss",
@@ -53,8 +56,10 @@ __all__ = [
     "normalize_advantages",
     "pid_lagrangian_step",
     "primal_rule_vector",
+    "read_rule_file",
     "rule_vector",
     "save_primal_rule",
     "set_primal_rule_vector",
     "set_rule_vector",
+    "write_rule_file",
 ]

@@ -45,6 +45,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cmo_rl.objectives.rule_file import read_rule_file, write_rule_file
+
 __all__ = [
     "PRIMAL_RULE_FILE",
     "LearnedAdam",
@@ -139,17 +141,7 @@ def save_primal_rule(
         >>> torch.load(path, weights_only=True)["provenance"]
         {'command': 'demo'}
     """
-    path = Path(path)
-    data = {
-        "format": PRIMAL_FORMAT,
-        "config": rule.config(),
-        "parameters": {k: v.detach().cpu().clone() for k, v in rule.state_dict().items()},
-        "provenance": dict(provenance),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_rule_file(path, rule, provenance, format=PRIMAL_FORMAT, config=rule.config())
 
 
 def load_primal_rule(path: str | os.PathLike) -> LearnedPrimalRule:
@@ -167,12 +159,7 @@ def load_primal_rule(path: str | os.PathLike) -> LearnedPrimalRule:
     path = Path(path)
     if path.is_dir() and (path / PRIMAL_RULE_FILE).is_file():
         path = path / PRIMAL_RULE_FILE
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"cannot read primal rule {path} ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict) or data.get("format") != PRIMAL_FORMAT:
-        raise ValueError(f"{path} is not a learned primal rule file (format {PRIMAL_FORMAT!r})")
+    data = read_rule_file(path, format=PRIMAL_FORMAT, what="learned primal rule")
     rule = LearnedPrimalRule(**data["config"])
     try:
         rule.load_state_dict(data["parameters"])

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from cmo_rl.objectives.learned_dual import LearnedLagrangian
+from cmo_rl.objectives.rule_file import read_rule_file, write_rule_file
 
 __all__ = [
     "FORMAT",
@@ -103,13 +104,7 @@ def current_commit() -> str:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"cannot read {path} ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a learned rule file (format {FORMAT!r})")
-    return data
+    return read_rule_file(path, format=FORMAT, what="learned rule")
 
 
 def save(rule: LearnedLagrangian, path: str | os.PathLike, provenance: dict[str, Any]) -> Path:
@@ -122,17 +117,7 @@ def save(rule: LearnedLagrangian, path: str | os.PathLike, provenance: dict[str,
         >>> describe(path)["provenance"], load(path, cost_limit=10.0).config()["cost_limit"]
         ({'command': 'demo'}, 10.0)
     """
-    path = Path(path)
-    data = {
-        "format": FORMAT,
-        "config": rule.config(),
-        "parameters": {k: v.detach().cpu().clone() for k, v in rule.named_parameters()},
-        "provenance": dict(provenance),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_rule_file(path, rule, provenance, format=FORMAT, config=rule.config())
 
 
 def describe(name_or_path: str | os.PathLike) -> dict[str, Any]:
