@@ -71,6 +71,11 @@ def test_ray_workers_collect_what_local_workers_collect(local_ray):
     actor = make_actor(env, hidden_layers=(8,))
     initial = {k: v.clone() for k, v in actor.state_dict().items()}
     remote = _collect("ray", actor, env)
+    from datetime import timedelta
+
+    from torchrl.weight_update import _ray
+
+    assert _ray._DIST_TIMEOUT >= timedelta(seconds=600)  # slow worker starts are waited for
     assert local_ray.is_initialized()  # the collector leaves the test's cluster running
 
     for batch in remote:

@@ -424,6 +424,7 @@ class WorkerCollector:
         from torchrl.collectors.distributed import RayCollector
 
         import_ray()
+        _allow_slow_worker_starts()
         return RayCollector(
             self._env_fns(None),
             self._worker_policy,
@@ -485,6 +486,22 @@ def shutdown_collector(collector: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------ ray
+#: Seconds the training process waits for Ray workers to join the weight-sync store.
+RAY_CONNECT_TIMEOUT_S = 600
+
+
+def _allow_slow_worker_starts() -> None:
+    """Raise torchrl's weight-sync store timeout (a private 60 s constant) to
+    :data:`RAY_CONNECT_TIMEOUT_S`: on a loaded machine two Ray actors took longer than 60 s to
+    start, and the collector failed with ``DistStoreError: wait timeout after 60000ms``."""
+    from datetime import timedelta
+
+    from torchrl.weight_update import _ray
+
+    if hasattr(_ray, "_DIST_TIMEOUT"):
+        _ray._DIST_TIMEOUT = max(_ray._DIST_TIMEOUT, timedelta(seconds=RAY_CONNECT_TIMEOUT_S))
+
+
 def import_ray() -> Any:
     """``import ray``, or an ``ImportError`` that says how to install it."""
     try:
